@@ -1,0 +1,163 @@
+"""Pipeline: stages in order, each tiled by its own settings; ``plan()`` loads no model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .imageconv import from_any, to_like
+from .presets import Preset, load_preset, validate
+from .progress import ProgressCallback, Reporter
+from .stages import Runtime, Stage, stage_class
+from .stages.resize import ResizeConfig, ResizeStage, target_size
+
+__all__ = ["Pipeline", "Plan", "StagePlan", "Target"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Final size: a ``scale`` of the input, or ``width`` and/or ``height`` (one alone keeps the aspect)."""
+
+    scale: Optional[float] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+
+    def __post_init__(self):
+        problem = ResizeConfig(self.scale, self.width, self.height).check()
+        if problem:
+            raise InputError(f"target size: {problem}")
+
+    def size(self, height: int, width: int) -> tuple[int, int]:
+        return target_size(height, width, self.scale, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of a plan; sizes are (H, W); memory in bytes."""
+
+    index: int
+    description: str
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+    grid: Any  # TileGrid | None
+    redundancy: float
+    tile_memory: int
+    canvas_memory: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    stages: tuple[StagePlan, ...]
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.stages[-1].output_size
+
+    @property
+    def peak_memory(self) -> int:
+        """Estimated peak bytes: the largest stage's tile memory plus its input and output images."""
+        return max(s.tile_memory + s.canvas_memory + 4 * 4 * s.input_size[0] * s.input_size[1] for s in self.stages)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda, mps or cpu, whichever is available; checks that an explicit one is."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} is not available here (torch.cuda.is_available() is False); "
+                             "use --device cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' is not available here; use --device cpu or auto")
+    return device
+
+
+class Pipeline:
+    """Stages run in order on a float image; build from a preset or a list of stage mappings.
+
+    ``stages`` items are mappings like ``{"type": "sr", "model": "x4plus"}``.
+    ``device``: auto|cpu|cuda[:N]|mps; ``precision``: auto|fp32|fp16|bf16.
+    """
+
+    def __init__(self, stages: Sequence[Mapping[str, Any]] | Preset, *, device: str | None = None,
+                 precision: str | None = None, seed: int | None = None, target: Target | None = None,
+                 threads: int | None = None, scratch_dir: str | None = None):
+        preset = stages if isinstance(stages, Preset) else validate({"stages": list(stages)}, "pipeline")
+        self.preset = preset
+        self.target = target
+        self._device = device or preset.device
+        self.runtime = Runtime("cpu", precision or preset.precision,
+                               preset.seed if seed is None else seed, threads, scratch_dir)
+        self.stages: list[Stage] = [
+            stage_class(s.type)(s.config, s.tiling, self.runtime) for s in preset.stages
+        ]
+        self._loaded = False
+
+    @classmethod
+    def from_preset(cls, name_or_path: str = "photo-x4", *, overrides: Mapping[str, Any] = {},
+                    sets: Sequence[str] = (), **kwargs) -> "Pipeline":
+        """Pipeline from a bundled preset name or YAML path; ``overrides`` set top-level preset keys
+        (tile, overlap, blend, batch, ...), ``sets`` are ``--set``-style ``STAGE.KEY=VALUE`` items."""
+        return cls(load_preset(name_or_path, overrides, sets), **kwargs)
+
+    def _chain(self, height: int, width: int) -> list[Stage]:
+        """Stages for an input of this size, plus a final exact resize when a target asks for one."""
+        chain = list(self.stages)
+        if self.target is not None:
+            h, w = height, width
+            for st in chain:
+                h, w = st.output_size(h, w)
+            th, tw = self.target.size(height, width)
+            if (th, tw) != (h, w):
+                chain.append(ResizeStage(ResizeConfig(width=tw, height=th), self.preset.tiling, self.runtime))
+        return chain
+
+    def plan(self, size: tuple[int, int], channels: int = 3) -> Plan:
+        """Plan for an input of ``size = (width, height)``: sizes, grids, memory. Loads no model."""
+        w, h = size
+        rows = []
+        for i, st in enumerate(self._chain(h, w)):
+            oh, ow = st.output_size(h, w)
+            grid = st.grid(h, w)
+            mem = st.memory_estimate(h, w, channels)
+            rows.append(StagePlan(i, st.describe(), (h, w), (oh, ow), grid, st.redundancy(h, w),
+                                  mem["tile"], mem["canvas"]))
+            h, w = oh, ow
+        return Plan(tuple(rows))
+
+    def load(self) -> None:
+        """Resolve the device and load every stage's model (done on the first call otherwise)."""
+        if not self._loaded:
+            self.runtime = dataclasses.replace(self.runtime, device=resolve_device(self._device))
+            for st in self.stages:
+                st.runtime = self.runtime
+                st.load()
+            self._loaded = True
+
+    def run_array(self, image: np.ndarray, progress: ProgressCallback | None = None) -> np.ndarray:
+        """(H, W, C) float32 in [0, 1] on the CPU -> upscaled (H', W', C) float32 in [0, 1]."""
+        self.load()
+        chain = self._chain(*image.shape[:2])
+        rep = Reporter(progress, len(chain))
+        for i, st in enumerate(chain):
+            grid = st.grid(*image.shape[:2])
+            rep.stage(st.type, i, len(grid) if grid is not None else 1)
+            image = st.run(image, rep.tile)
+        return image
+
+    def __call__(self, image: Any, progress: ProgressCallback | None = None) -> Any:
+        """Upscale a PIL image, a numpy (H, W[, C]) array (uint8, uint16 or float in [0, 1]) or a
+        torch tensor (C, H, W) / (1, C, H, W) float in [0, 1]; returns the same kind."""
+        array = from_any(image)
+        return to_like(self.run_array(array, progress), image)

@@ -1,0 +1,110 @@
+"""Typed progress events, a reporter that times them, and the CLI's renderers.
+
+A callback receives :class:`ProgressEvent` objects; returning ``False`` (or
+raising :class:`~tiledsr.errors.Cancelled`) cancels the run.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal, Optional, TextIO
+
+from .errors import Cancelled
+
+__all__ = ["JsonRenderer", "BarRenderer", "ProgressCallback", "ProgressEvent", "Reporter"]
+
+EventKind = Literal["start", "stage", "progress", "done", "error"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One event. ``tile`` counts finished tiles (0..tiles) of the current stage; times in seconds."""
+
+    event: EventKind
+    stage: Optional[str] = None
+    stage_index: Optional[int] = None
+    stages: Optional[int] = None
+    tile: Optional[int] = None
+    tiles: Optional[int] = None
+    step: Optional[int] = None
+    steps: Optional[int] = None
+    elapsed: float = 0.0
+    eta: Optional[float] = None
+    input: Optional[str] = None
+    output: Optional[str] = None
+    message: Optional[str] = None
+    code: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        """Plain dict without the fields that are None."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+ProgressCallback = Callable[[ProgressEvent], Optional[bool]]
+
+
+class Reporter:
+    """Stamps events with elapsed time and a per-stage ETA, and forwards them to a callback."""
+
+    def __init__(self, callback: ProgressCallback | None, stages: int):
+        self.callback = callback
+        self.stages = stages
+        self.t0 = time.perf_counter()
+        self._stage_t0 = self.t0
+        self._stage: tuple[str, int] | None = None
+
+    def emit(self, event: EventKind, **fields) -> None:
+        if self.callback is None:
+            return
+        ev = ProgressEvent(event, elapsed=round(time.perf_counter() - self.t0, 3), **fields)
+        if self.callback(ev) is False:
+            raise Cancelled("cancelled by the progress callback")
+
+    def stage(self, name: str, index: int, tiles: int) -> None:
+        self._stage, self._stage_t0 = (name, index), time.perf_counter()
+        self.emit("stage", stage=name, stage_index=index, stages=self.stages, tile=0, tiles=tiles)
+
+    def tile(self, done: int, total: int, step: int | None = None, steps: int | None = None) -> None:
+        assert self._stage is not None
+        spent = time.perf_counter() - self._stage_t0
+        eta = round(spent / done * (total - done), 3) if done else None
+        name, index = self._stage
+        self.emit("progress", stage=name, stage_index=index, stages=self.stages, tile=done, tiles=total,
+                  step=step, steps=steps, eta=eta)
+
+
+class JsonRenderer:
+    """Writes each event as one JSON object per line (to stderr by default)."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self.stream.write(json.dumps(event.to_dict()) + "\n")
+        self.stream.flush()
+
+
+class BarRenderer:
+    """A tqdm bar per stage, on stderr."""
+
+    def __init__(self):
+        self._bar = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        from tqdm import tqdm
+
+        if event.event == "stage":
+            self.close()
+            label = f"[{event.stage_index + 1}/{event.stages}] {event.stage}"
+            self._bar = tqdm(total=event.tiles, desc=label, unit="tile", leave=True, file=sys.stderr)
+        elif event.event == "progress" and self._bar is not None:
+            self._bar.update(event.tile - self._bar.n)
+        elif event.event in ("done", "error"):
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,71 @@
+"""Stage ``resize``: Lanczos / bicubic / bilinear / area / nearest, to a scale or an exact size."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+from ..resample import resize
+from .base import Stage, TileReport
+
+__all__ = ["ResizeConfig", "ResizeStage"]
+
+
+@dataclass(frozen=True)
+class ResizeConfig:
+    """``scale`` multiplies both sides; ``width``/``height`` set them (one alone keeps the aspect ratio)."""
+
+    scale: Optional[float] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    method: Literal["lanczos", "bicubic", "bilinear", "area", "nearest"] = "lanczos"
+
+    def check(self) -> str | None:
+        if self.scale is None and self.width is None and self.height is None:
+            return "resize needs scale, width or height"
+        if self.scale is not None and (self.width is not None or self.height is not None):
+            return "give either scale or width/height, not both"
+        if self.scale is not None and not 0 < self.scale <= 64:
+            return f"scale must be in (0, 64], got {self.scale}"
+        for key in ("width", "height"):
+            v = getattr(self, key)
+            if v is not None and v <= 0:
+                return f"{key} must be a positive number of pixels, got {v}"
+        return None
+
+
+def target_size(height: int, width: int, scale: float | None, tw: int | None, th: int | None) -> tuple[int, int]:
+    """Output (H, W) for a scale, or an exact width/height (one alone keeps the aspect ratio)."""
+    if scale is not None:
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    if tw is not None and th is not None:
+        return th, tw
+    if tw is not None:
+        return max(1, round(height * tw / width)), tw
+    assert th is not None
+    return th, max(1, round(width * th / height))
+
+
+class ResizeStage(Stage):
+    """Whole-image classical resampling (cheap; not tiled)."""
+
+    type = "resize"
+    Config = ResizeConfig
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        c = self.config
+        return target_size(height, width, c.scale, c.width, c.height)
+
+    def grid(self, height: int, width: int):
+        return None
+
+    def describe(self) -> str:
+        c = self.config
+        what = f"x{c.scale:g}" if c.scale is not None else f"to {c.width or 'auto'}x{c.height or 'auto'}"
+        return f"resize {what} ({c.method})"
+
+    def run(self, image: np.ndarray, report: TileReport) -> np.ndarray:
+        out = resize(image, self.output_size(*image.shape[:2]), self.config.method)
+        report(1, 1)
+        return np.clip(out, 0.0, 1.0, out=out)

@@ -1,0 +1,141 @@
+"""Stage ``sr``: a super-resolution network (Real-ESRGAN family, or spandrel), run tile by tile.
+
+Each output tile is computed from an input window with the model's context on
+every side, so tiled output equals untiled output up to that context. Alpha is
+resized separately by default; greyscale runs through the network as RGB and
+comes back as one channel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal, Optional
+
+import numpy as np
+
+from ..resample import resize
+from ..tiling import TileGrid, output_grid, run_tiled
+from .base import Stage, StageTiling, TileReport
+
+__all__ = ["SRConfig", "SRStage"]
+
+# Rough float32 values alive per input pixel and per output pixel at the peak, by architecture.
+_MEMORY_FACTORS = {"rrdbnet": (400, 160), "srvgg": (160, 8)}
+
+
+@dataclass(frozen=True)
+class SRConfig(StageTiling):
+    """``model``: bundled name or .pth/.safetensors path; ``scale``: final scale (default: the model's)."""
+
+    model: str = "x4plus"
+    scale: Optional[float] = None
+    backend: Literal["auto", "torch", "ncnn"] = "auto"
+    alpha: Literal["resize", "sr"] = "resize"
+    context: Optional[int] = None
+
+    def check(self) -> str | None:
+        if self.scale is not None and not 0 < self.scale <= 16:
+            return f"scale must be in (0, 16], got {self.scale}"
+        if self.context is not None and self.context < 0:
+            return f"context must be >= 0 input pixels, got {self.context}"
+        return None
+
+
+class SRStage(Stage):
+    """Tiled super-resolution with a Real-ESRGAN-family network."""
+
+    type = "sr"
+    Config = SRConfig
+
+    @cached_property
+    def model(self):
+        """The model descriptor (cheap: no weights are loaded)."""
+        from ..models import load_sr_model
+
+        return load_sr_model(self.config.model)
+
+    @property
+    def context(self) -> int:
+        return self.model.context if self.config.context is None else self.config.context
+
+    def _net_size(self, height: int, width: int) -> tuple[int, int]:
+        s = self.model.scale
+        return height * s, width * s
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.config.scale is None:
+            return self._net_size(height, width)
+        return max(1, round(height * self.config.scale)), max(1, round(width * self.config.scale))
+
+    def grid(self, height: int, width: int) -> TileGrid:
+        return output_grid(height, width, self.model.scale, self.tiling.tile, self.tiling.overlap)
+
+    def _window(self, height: int, width: int) -> tuple[int, int]:
+        """Input window (h, w) each tile is computed from."""
+        g, s = self.grid(height, width), self.model.scale
+        return min(height, g.tile_h // s + 2 * self.context), min(width, g.tile_w // s + 2 * self.context)
+
+    def redundancy(self, height: int, width: int) -> float:
+        win_h, win_w = self._window(height, width)
+        return len(self.grid(height, width)) * win_h * win_w / (height * width)
+
+    def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
+        s = self.model.scale
+        win_h, win_w = self._window(height, width)
+        per_in, per_out = _MEMORY_FACTORS.get(self.model.arch, _MEMORY_FACTORS["rrdbnet"])
+        tile = 4 * self.tiling.batch * win_h * win_w * (per_in + per_out * s * s)
+        oh, ow = self._net_size(height, width)
+        return {"tile": tile, "canvas": oh * ow * (channels * 8 + 8)}
+
+    def describe(self) -> str:
+        m = self.model
+        extra = f" -> x{self.config.scale:g}" if self.config.scale is not None else ""
+        return f"sr {m.name} ({m.arch}, x{m.scale}{extra}, context {self.context}px)"
+
+    def load(self) -> None:
+        from ..models import make_runner
+
+        rt = self.runtime
+        self._runner = make_runner(self.model, self.config.backend, rt.device, rt.precision, rt.threads)
+
+    @property
+    def backend(self) -> str:
+        """The backend chosen at load time ("torch" or "ncnn")."""
+        return self._runner.backend
+
+    def _network(self, batch: np.ndarray) -> np.ndarray:
+        """(N, h, w, 3) float32 -> (N, h*s, w*s, 3) float32 through the loaded runner."""
+        nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        return self._runner(nchw).transpose(0, 2, 3, 1)
+
+    def _tiled(self, rgb: np.ndarray, report: TileReport) -> np.ndarray:
+        t = self.tiling
+        return run_tiled(
+            rgb, self._network, scale=self.model.scale, tile=t.tile, overlap=t.overlap,
+            context=self.context, multiple=self.model.size_multiple, blend=t.blend, batch=t.batch,
+            on_tile=report, scratch_dir=self.runtime.scratch_dir,
+        )
+
+    def _through_net(self, planes: np.ndarray, report: TileReport) -> np.ndarray:
+        """1 or 3 planes (H, W, c) -> (H*s, W*s, c); greyscale goes through as RGB."""
+        if planes.shape[2] == 1:
+            rgb = self._tiled(np.repeat(planes, 3, axis=2), report)
+            return rgb.mean(axis=2, keepdims=True)
+        return self._tiled(planes, report)
+
+    def run(self, image: np.ndarray, report: TileReport) -> np.ndarray:
+        if not hasattr(self, "_runner"):
+            self.load()
+        h, w, c = image.shape
+        colour, alpha = (image[:, :, :-1], image[:, :, -1:]) if c in (2, 4) else (image, None)
+        n = len(self.grid(h, w))
+        passes = 2 if alpha is not None and self.config.alpha == "sr" else 1
+        out = self._through_net(colour, lambda d, _: report(d, n * passes))
+        if alpha is not None:
+            if self.config.alpha == "sr":
+                a = self._through_net(alpha, lambda d, _: report(n + d, 2 * n))
+            else:
+                a = resize(alpha, out.shape[:2], "lanczos")
+            out = np.concatenate([out, a], axis=2)
+        out = resize(out, self.output_size(h, w), "lanczos")
+        return np.clip(out, 0.0, 1.0, out=out)

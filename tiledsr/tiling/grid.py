@@ -1,0 +1,89 @@
+"""Tile grids: pure geometry, no pixels.
+
+A grid covers an H x W canvas with equal-sized tiles that overlap by at least
+``overlap`` pixels. Tiles are spread evenly; edge tiles are shifted inwards, never
+shrunk, so every tile has the same shape and tiles can be batched. A canvas
+smaller than the tile gets one tile of the canvas size on that axis.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+__all__ = ["Tile", "TileGrid", "axis_starts", "make_grid"]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: ``index`` in row-major order, top-left corner (y, x), size (h, w)."""
+
+    index: int
+    y: int
+    x: int
+    h: int
+    w: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y, self.y + self.h), slice(self.x, self.x + self.w)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles covering a ``height`` x ``width`` canvas; ``ys``/``xs`` are the start rows/columns."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    overlap: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def tiles(self) -> tuple[Tile, ...]:
+        n = len(self.xs)
+        return tuple(
+            Tile(i * n + j, y, x, self.tile_h, self.tile_w)
+            for i, y in enumerate(self.ys)
+            for j, x in enumerate(self.xs)
+        )
+
+    def __len__(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    @property
+    def redundancy(self) -> float:
+        """Pixels computed over pixels in the canvas (1.0 = no overlap)."""
+        return len(self) * self.tile_h * self.tile_w / (self.height * self.width)
+
+
+def axis_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, tuple[int, ...]]:
+    """Tile size and start offsets along one axis.
+
+    Returns ``(tile_len, starts)``: ``tile_len = min(tile, length)``; starts are
+    multiples of ``multiple`` (when ``length`` and ``tile`` are), spread evenly,
+    the first 0 and the last ``length - tile_len``; neighbours overlap by at least
+    ``overlap`` pixels.
+    """
+    if length <= 0 or tile <= 0:
+        raise InputError(f"tile grid needs positive sizes, got length {length}, tile {tile}")
+    if not 0 <= overlap < tile:
+        raise InputError(f"overlap must be in [0, tile), got overlap {overlap} with tile {tile}")
+    if tile >= length:
+        return length, (0,)
+    m = max(1, multiple)
+    span = (length - tile) // m  # in units of `multiple`
+    step = max(1, (tile - overlap) // m)
+    n = math.ceil(span / step) + 1
+    starts = tuple(round(i * span / (n - 1)) * m for i in range(n))
+    return tile, starts
+
+
+def make_grid(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> TileGrid:
+    """Grid of square ``tile`` x ``tile`` tiles (clamped to the canvas) over ``height`` x ``width``."""
+    th, ys = axis_starts(height, tile, overlap, multiple)
+    tw, xs = axis_starts(width, tile, overlap, multiple)
+    return TileGrid(height, width, th, tw, overlap, ys, xs)
