@@ -154,6 +154,8 @@ def cmd_upscale(args, emit) -> int:
     if files.count("-") > 1:
         raise InputError("stdin (-) can be read only once")
     infos = {f: tio.probe(f, max_pixels) for f in files if f != "-"}
+    if args.out_dir:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     jobs = []
     for f in files:
         info = infos.get(f)
@@ -165,8 +167,6 @@ def cmd_upscale(args, emit) -> int:
         fmt = tio.output_format(dst, args.format or pipe.preset.output.format or (None if dst != "-" else info.format))
         tio.check_destination(dst, inputs=files, overwrite=args.overwrite)
         jobs.append((f, info, dst, fmt))
-    if args.out_dir:
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     # 2. Load models, then run each input.
     pipe.load()
     for src, _, dst, fmt in jobs:
