@@ -19,7 +19,10 @@ def upscale_nearest(scale):
 ])
 def test_axis_covers_with_equal_tiles_and_min_overlap(length, tile, overlap, multiple):
     size, starts = axis_starts(length, tile, overlap, multiple)
-    assert size == min(tile, length)
+    assert size <= min(tile, length) and size % multiple == 0 or size == length
+    if len(starts) > 1:  # the fewest tiles of at most `tile` that can cover with this overlap
+        step = (tile - overlap) // multiple * multiple
+        assert (len(starts) - 2) * step + tile < length  # one tile fewer could not cover
     assert starts[0] == 0 and starts[-1] + size == length
     assert all(s % multiple == 0 for s in starts)
     assert list(starts) == sorted(set(starts))
@@ -54,6 +57,12 @@ def test_single_tile_has_flat_weights():
     for blend in BLENDS:
         w = tile_weights(g, g.tiles[0], blend)
         assert w.min() == w.max()
+
+
+def test_tiles_shrink_to_fit_instead_of_piling_up():
+    size, starts = axis_starts(1024, 512, 32, 4)
+    assert len(starts) == 3 and size == 364  # not three 512 px tiles overlapping by 256
+    assert axis_starts(1024, 512, 0, 4) == (512, (0, 512))
 
 
 def test_window_is_same_size_and_inside_image():

@@ -60,13 +60,23 @@ class TileGrid:
         return len(self) * self.tile_h * self.tile_w / (self.height * self.width)
 
 
+def _spread(length: int, tile: int, overlap: int, m: int) -> tuple[int, ...]:
+    """Evenly spread starts (multiples of ``m``) of ``tile``-long tiles overlapping >= ``overlap``."""
+    span = (length - tile) // m  # in units of `m`
+    step = max(1, (tile - overlap) // m)
+    n = math.ceil(span / step) + 1
+    return tuple(round(i * span / (n - 1)) * m for i in range(n))
+
+
 def axis_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, tuple[int, ...]]:
     """Tile size and start offsets along one axis.
 
-    Returns ``(tile_len, starts)``: ``tile_len = min(tile, length)``; starts are
-    multiples of ``multiple`` (when ``length`` and ``tile`` are), spread evenly,
-    the first 0 and the last ``length - tile_len``; neighbours overlap by at least
-    ``overlap`` pixels.
+    ``tile`` is the largest tile allowed: the fewest tiles that cover ``length``
+    with at least ``overlap`` pixels between neighbours are found, then shrunk
+    to the smallest common size (a multiple of ``multiple``) that still covers,
+    so no more is computed than needed. Returns ``(tile_len, starts)``: starts
+    are multiples of ``multiple`` (when ``length`` is), spread evenly, the first
+    0 and the last ``length - tile_len``. A short axis gets one tile of its length.
     """
     if length <= 0 or tile <= 0:
         raise InputError(f"tile grid needs positive sizes, got length {length}, tile {tile}")
@@ -75,10 +85,14 @@ def axis_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> tupl
     if tile >= length:
         return length, (0,)
     m = max(1, multiple)
-    span = (length - tile) // m  # in units of `multiple`
-    step = max(1, (tile - overlap) // m)
-    n = math.ceil(span / step) + 1
-    starts = tuple(round(i * span / (n - 1)) * m for i in range(n))
+    starts = _spread(length, tile, overlap, m)
+    n = len(starts)
+    snug = -(-(length + (n - 1) * overlap) // n)
+    snug = min(tile, -(-snug // m) * m)
+    if snug > overlap and snug < tile:
+        fewer = _spread(length, snug, overlap, m)
+        if len(fewer) == n:
+            return snug, fewer
     return tile, starts
 
 

@@ -82,6 +82,11 @@ def run_tiled(
     h, w, _ = image.shape
     grid = output_grid(h, w, scale, tile, overlap)
     tiles = grid.tiles
+    if len(tiles) == 1:  # one tile is the whole image: no window, no blending
+        out = fn(_pad_to_multiple(image[None], multiple))[0, :h * scale, :w * scale]
+        if on_tile is not None:
+            on_tile(1, 1)
+        return np.ascontiguousarray(out, dtype=np.float32)
     todo = [tiles[i] for i in order] if order is not None else list(tiles)
     canvas: Canvas | None = None
     done = 0
