@@ -97,7 +97,7 @@ class Pipeline:
         self.preset = preset
         self.target = target
         self._device = device or preset.device
-        self.runtime = Runtime("cpu", precision or preset.precision,
+        self.runtime = Runtime(self._device, precision or preset.precision,
                                preset.seed if seed is None else seed, threads, scratch_dir)
         self.stages: list[Stage] = [
             stage_class(s.type)(s.config, s.tiling, self.runtime) for s in preset.stages

@@ -103,6 +103,8 @@ class BarRenderer:
             self._bar.update(event.tile - self._bar.n)
         elif event.event in ("done", "error"):
             self.close()
+            if event.event == "done" and event.output:
+                sys.stderr.write(f"wrote {event.output} ({event.elapsed:.1f} s)\n")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -6,6 +6,7 @@ Prints, measured in this one run on this machine:
   * tiledsr's default path (Pipeline.from_preset, run_array) vs ncnn's own Net on the whole
     image, interleaved A/B, median seconds and their ratio;
   * tiled (small tiles) vs untiled (one tile) through tiledsr: time, max abs difference, PSNR;
+All times are medians over --repeats runs after the model is loaded and warmed up.
   * the torch backend's time for the same job.
 """
 from __future__ import annotations
@@ -59,6 +60,11 @@ def timed(fn, *args):
     return time.perf_counter() - t, out
 
 
+def median_timed(fn, arg, repeats: int):
+    runs = [timed(fn, arg) for _ in range(repeats)]
+    return statistics.median(t for t, _ in runs), runs[-1][1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256, help="input side in pixels")
@@ -100,19 +106,19 @@ def main() -> None:
         pipe.run_array(img[:16, :16])
         return pipe
 
-    t_un, a = timed(loaded(100000, 0).run_array, img)
+    t_un, a = median_timed(loaded(100000, 0).run_array, img, args.repeats)
     tiled_rows = []
     for tile in args.tiled_tile:
         pipe = loaded(tile, 32)
         st = pipe.plan((args.size, args.size)).stages[0]
-        t, b = timed(pipe.run_array, img)
+        t, b = median_timed(pipe.run_array, img, args.repeats)
         tiled_rows.append((tile, len(st.grid), st.redundancy, t, np.abs(a - b).max() * 255, psnr(a, b)))
 
     # 3. The torch backend for the same job.
     torch_pipe = Pipeline.from_preset(name, device="cpu", sets=["sr.backend=torch"])
     torch_pipe.load()
     torch_pipe.run_array(img[:32, :32])
-    t_torch, c = timed(torch_pipe.run_array, img)
+    t_torch, c = median_timed(torch_pipe.run_array, img, args.repeats)
 
     print(f"date {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {threads} threads,"
           f" torch {torch.__version__}, model {args.model}, input {args.size}x{args.size} astronaut")

@@ -19,8 +19,13 @@ from .base import Stage, StageTiling, TileReport
 
 __all__ = ["SRConfig", "SRStage"]
 
-# Rough float32 values alive per input pixel and per output pixel at the peak, by architecture.
-_MEMORY_FACTORS = {"rrdbnet": (400, 160), "srvgg": (160, 8)}
+# Working memory per output pixel of a tile window, in bytes, by (architecture, backend); measured
+# as peak RSS above the loaded process on the CPU (BENCHMARKS.md): ncnn's winograd convolutions
+# trade about 4x torch's memory for 2x its speed.
+_BYTES_PER_OUTPUT_PIXEL = {
+    ("rrdbnet", "ncnn"): 3400, ("rrdbnet", "torch"): 850,
+    ("srvgg", "ncnn"): 190, ("srvgg", "torch"): 50,
+}
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,25 @@ class SRStage(Stage):
     def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
         s = self.model.scale
         win_h, win_w = self._window(height, width)
-        per_in, per_out = _MEMORY_FACTORS.get(self.model.arch, _MEMORY_FACTORS["rrdbnet"])
-        tile = 4 * self.tiling.batch * win_h * win_w * (per_in + per_out * s * s)
+        arch = self.model.arch if self.model.arch in ("rrdbnet", "srvgg") else "rrdbnet"
+        per_pixel = _BYTES_PER_OUTPUT_PIXEL[arch, self._likely_backend()]
+        tile = self.tiling.batch * win_h * win_w * s * s * per_pixel
         oh, ow = self._net_size(height, width)
         return {"tile": tile, "canvas": oh * ow * (channels * 8 + 8)}
+
+    def _likely_backend(self) -> str:
+        """The backend ``load()`` will pick, guessed without loading (for memory estimates)."""
+        if hasattr(self, "_runner"):
+            return self._runner.backend
+        if self.config.backend != "auto":
+            return self.config.backend
+        import importlib.util
+
+        import torch
+
+        cpu = self.runtime.device == "cpu" or (self.runtime.device == "auto" and not torch.cuda.is_available())
+        ncnn = self.model.ncnn_files is not None and importlib.util.find_spec("ncnn") is not None
+        return "ncnn" if cpu and ncnn else "torch"
 
     def describe(self) -> str:
         m = self.model
