@@ -186,6 +186,7 @@ def cmd_upscale(args, emit) -> int:
 def _fields(ev, src: str) -> dict:
     d = ev.to_dict()
     d.pop("event")
+    d.pop("elapsed")  # re-stamped from the start of the command, like start/done
     d["input"] = src
     return d
 
