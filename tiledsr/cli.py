@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     up = sub.add_parser("upscale", help="upscale images")
-    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or - for stdin")
+    up.add_argument("inputs", nargs="*", metavar="INPUT",
+                    help="image files, folders, or - for stdin (none when the preset starts with txt2img)")
     out = up.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", help="output file (one input), or - for stdout")
     out.add_argument("--out-dir", help="folder for the outputs")
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--format", choices=["png", "jpeg", "tiff", "webp"], help="output format")
 
     pl = sub.add_parser("plan", help="show sizes, tiles and memory for a run; loads no model")
-    pl.add_argument("input", metavar="INPUT")
+    pl.add_argument("input", metavar="INPUT", nargs="?", help="image (not needed when the preset starts with txt2img)")
     _add_run_options(pl)
     pl.add_argument("--preview", metavar="GRID.png", help="draw the tile grid over the image")
 
@@ -97,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     pr.add_argument("name", nargs="?")
 
-    mo = sub.add_parser("models", help="list the super-resolution models and whether they are available offline")
+    mo = sub.add_parser("models", help="list known models and whether they are available offline; fetch one")
+    mo.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
+    mo.add_argument("model_id", nargs="?", metavar="ID", help="hub id to download into the Hugging Face cache")
     mo.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -149,6 +152,10 @@ def cmd_upscale(args, emit) -> int:
 
     # 1. Validate everything before loading any model.
     pipe = _pipeline(args)
+    if pipe.stages[0].consumes == "nothing":
+        return _generate(args, pipe, emit)
+    if not args.inputs:
+        raise InputError("upscale needs at least one INPUT image, folder or - (see --help)")
     max_pixels = args.max_pixels or tio.DEFAULT_MAX_PIXELS
     files = _expand_inputs(args.inputs)
     if files.count("-") > 1:
@@ -183,6 +190,26 @@ def cmd_upscale(args, emit) -> int:
     return 0
 
 
+def _generate(args, pipe, emit) -> int:
+    """A preset whose first stage is a source (txt2img): no input, one output."""
+    from . import io as tio
+
+    if args.inputs:
+        raise InputError(f"preset {pipe.preset.name!r} generates its image (its first stage is "
+                         f"{pipe.stages[0].type}); give no INPUT, only -o OUT")
+    if not args.output:
+        raise InputError("a generating preset needs -o OUT (or -o - for stdout)")
+    fmt = tio.output_format(args.output, args.format or pipe.preset.output.format)
+    tio.check_destination(args.output, overwrite=args.overwrite)
+    pipe.load()
+    emit("start", output=args.output)
+    out = pipe.run_array(None, progress=lambda ev: emit(ev.event, **_fields(ev, "")))
+    tio.write_image(args.output, out, bit_depth=pipe.preset.output.bit_depth or 8, format=fmt,
+                    overwrite=args.overwrite)
+    emit("done", output=args.output)
+    return 0
+
+
 def _fields(ev, src: str) -> dict:
     d = ev.to_dict()
     d.pop("event")
@@ -203,10 +230,15 @@ def cmd_plan(args) -> int:
     from . import io as tio
 
     pipe = _pipeline(args)
-    info = tio.probe(args.input, args.max_pixels or tio.DEFAULT_MAX_PIXELS)
-    plan = pipe.plan((info.width, info.height), info.channels)
     print(f"preset {pipe.preset.name}: {pipe.preset.description}")
-    print(f"input  {args.input}: {info.width}x{info.height}, {info.channels} channel(s), {info.bit_depth}-bit")
+    if args.input is None:
+        if pipe.stages[0].consumes != "nothing":
+            raise InputError("plan needs an INPUT image for this preset")
+        plan = pipe.plan((0, 0), 3)
+    else:
+        info = tio.probe(args.input, args.max_pixels or tio.DEFAULT_MAX_PIXELS)
+        plan = pipe.plan((info.width, info.height), info.channels)
+        print(f"input  {args.input}: {info.width}x{info.height}, {info.channels} channel(s), {info.bit_depth}-bit")
     for st in plan.stages:
         (ih, iw), (oh, ow) = st.input_size, st.output_size
         print(f"stage {st.index + 1}: {st.description}")
@@ -218,7 +250,7 @@ def cmd_plan(args) -> int:
         print(f"  memory: working set {_fmt_bytes(st.tile_memory)}, output canvas {_fmt_bytes(st.canvas_memory)}")
     oh, ow = plan.output_size
     print(f"output {ow}x{oh}; estimated peak memory {_fmt_bytes(plan.peak_memory)}")
-    if args.preview:
+    if args.preview and args.input is not None:
         from .preview import draw_grid
 
         image, _ = tio.read_image(args.input, args.max_pixels or tio.DEFAULT_MAX_PIXELS)
@@ -241,13 +273,50 @@ def cmd_presets(args) -> int:
     return 0
 
 
+DIFFUSION_MODELS = {
+    "stabilityai/sd-x2-latent-upscaler": "Stable Diffusion x2 latent upscaler (stage latent-x2)",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5 (stages img2img, txt2img)",
+}
+
+
 def cmd_models(args) -> int:
     from .models import known_models
 
+    if args.action == "fetch":
+        return _fetch(args.model_id)
     for m in known_models():
         state = "available" if m["available"] else "not available"
         print(f"{m['name']:14s} x{m['scale']} {m['arch']:8s} {state:14s} {m['description']}")
         print(f"{'':14s} from {m['location'] or m['source']}")
+    try:
+        from .diffusion.components import is_available
+    except ImportError:
+        print("diffusion models: install the diffusion extra (pip install 'tiledsr[diffusion]') to use them")
+        return 0
+    for model_id, what in DIFFUSION_MODELS.items():
+        state = "available" if is_available(model_id) else "not available"
+        print(f"{model_id} {state}: {what}")
+        print(f"{'':14s} from the Hugging Face cache; `tiledsr models fetch {model_id}` downloads it when online")
+    return 0
+
+
+def _fetch(model_id: str | None) -> int:
+    """Download a diffusers model's weights and configs into the usual Hugging Face cache."""
+    from .errors import ModelNotAvailable
+
+    if not model_id:
+        raise InputError("models fetch needs an ID, e.g. stabilityai/sd-x2-latent-upscaler")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ModelNotAvailable("fetching needs huggingface_hub: pip install 'tiledsr[diffusion]'") from exc
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors"]
+    try:
+        path = snapshot_download(model_id, allow_patterns=patterns)
+    except Exception as exc:  # network, offline mode, unknown repo: all mean "not available"
+        raise ModelNotAvailable(f"could not download {model_id!r}: {type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:160]}") from exc
+    print(f"{model_id} is in {path}")
     return 0
 
 

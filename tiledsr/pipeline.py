@@ -112,13 +112,17 @@ class Pipeline:
         return cls(load_preset(name_or_path, overrides, sets), **kwargs)
 
     def _chain(self, height: int, width: int) -> list[Stage]:
-        """Stages for an input of this size, plus a final exact resize when a target asks for one."""
+        """Stages for an input of this size, plus a final exact resize when a target asks for one.
+
+        A target scale is relative to the input, or to the first stage's output when that
+        stage is a source (height and width 0)."""
         chain = list(self.stages)
         if self.target is not None:
             h, w = height, width
             for st in chain:
                 h, w = st.output_size(h, w)
-            th, tw = self.target.size(height, width)
+            ref = (height, width) if height else chain[0].output_size(0, 0)
+            th, tw = self.target.size(*ref)
             if (th, tw) != (h, w):
                 chain.append(ResizeStage(ResizeConfig(width=tw, height=th), self.preset.tiling, self.runtime))
         return chain
@@ -145,19 +149,67 @@ class Pipeline:
                 st.load()
             self._loaded = True
 
-    def run_array(self, image: np.ndarray, progress: ProgressCallback | None = None) -> np.ndarray:
-        """(H, W, C) float32 in [0, 1] on the CPU -> upscaled (H', W', C) float32 in [0, 1]."""
-        self.load()
-        chain = self._chain(*image.shape[:2])
-        rep = Reporter(progress, len(chain))
-        for i, st in enumerate(chain):
-            grid = st.grid(*image.shape[:2])
-            rep.stage(st.type, i, len(grid) if grid is not None else 1)
-            image = st.run(image, rep.tile)
-        return image
+    def run_array(self, image: np.ndarray | None, progress: ProgressCallback | None = None) -> np.ndarray:
+        """(H, W, C) float32 in [0, 1] on the CPU -> upscaled (H', W', C) float32 in [0, 1].
 
-    def __call__(self, image: Any, progress: ProgressCallback | None = None) -> Any:
+        ``image`` is None when the first stage is a source (txt2img). Adjacent stages that
+        share a VAE latent space pass latents; a pixel stage between them forces decode and encode.
+        """
+        # 1. Load models; work out the chain for this input.
+        self.load()
+        first = self.stages[0]
+        if image is None and first.consumes != "nothing":
+            raise InputError(f"stage {first.type!r} needs an input image")
+        chain = self._chain(*(image.shape[:2] if image is not None else (0, 0)))
+        rep = Reporter(progress, len(chain))
+        data = image
+        # 2. Each stage in order, converting between pixels and latents only where needed.
+        for i, st in enumerate(chain):
+            data = self._convert(data, st, rep, i)
+            size = _size_of(data)
+            grid = st.grid(*size) if size is not None else None
+            rep.stage(st.type, i, len(grid) if grid is not None else 1)
+            data = st.run(data, rep.tile, image)
+        # 3. Back to pixels.
+        return self._to_pixels(data, rep, len(chain) - 1)
+
+    def _convert(self, data, st: Stage, rep: Reporter, index: int):
+        """Hand ``data`` to ``st`` in the form it consumes (tiled VAE encode/decode if needed)."""
+        if st.consumes == "nothing":
+            return None
+        if st.consumes == "pixels":
+            return self._to_pixels(data, rep, index)
+        from .diffusion.codec import Latents
+
+        if isinstance(data, Latents) and data.codec.space == st.codec.space:
+            return data
+        pixels = self._to_pixels(data, rep, index)
+        rep.stage("encode", index, len(st.codec.grid(*pixels.shape[:2])))
+        return st.codec.encode(pixels, rep.tile)
+
+    @staticmethod
+    def _to_pixels(data, rep: Reporter, index: int) -> np.ndarray:
+        if isinstance(data, np.ndarray):
+            return data
+        rep.stage("decode", index, len(data.codec.grid(*data.size)))
+        return data.codec.decode(data, rep.tile)
+
+    def __call__(self, image: Any = None, progress: ProgressCallback | None = None) -> Any:
         """Upscale a PIL image, a numpy (H, W[, C]) array (uint8, uint16 or float in [0, 1]) or a
-        torch tensor (C, H, W) / (1, C, H, W) float in [0, 1]; returns the same kind."""
+        torch tensor (C, H, W) / (1, C, H, W) float in [0, 1]; returns the same kind (a PIL
+        image when there is no input because the first stage is a source)."""
+        if image is None:
+            from .imageconv import to_pil
+
+            return to_pil(self.run_array(None, progress))
         array = from_any(image)
         return to_like(self.run_array(array, progress), image)
+
+
+def _size_of(data) -> tuple[int, int] | None:
+    """Pixel (H, W) that ``data`` stands for: an image, Latents, or None before a source stage."""
+    if data is None:
+        return None
+    if isinstance(data, np.ndarray):
+        return data.shape[:2]
+    return data.size

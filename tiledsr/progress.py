@@ -100,7 +100,13 @@ class BarRenderer:
             label = f"[{event.stage_index + 1}/{event.stages}] {event.stage}"
             self._bar = tqdm(total=event.tiles, desc=label, unit="tile", leave=True, file=sys.stderr)
         elif event.event == "progress" and self._bar is not None:
-            self._bar.update(event.tile - self._bar.n)
+            done, total = event.tile, event.tiles
+            if event.steps:  # diffusion: tiles at every step
+                done, total = (event.step - 1) * event.tiles + event.tile, event.tiles * event.steps
+                self._bar.set_postfix_str(f"step {event.step}/{event.steps}", refresh=False)
+            if self._bar.total != total:
+                self._bar.total = total
+            self._bar.update(done - self._bar.n)
         elif event.event in ("done", "error"):
             self.close()
             if event.event == "done" and event.output:

@@ -16,6 +16,10 @@ __all__ = ["Runtime", "Stage", "StageTiling", "Tiling", "stage_class", "stage_ty
 _BUILTIN = {
     "resize": "tiledsr.stages.resize:ResizeStage",
     "sr": "tiledsr.stages.sr:SRStage",
+    "latent-x2": "tiledsr.stages.latent_x2:LatentX2Stage",
+    "img2img": "tiledsr.stages.img2img:Img2ImgStage",
+    "txt2img": "tiledsr.stages.txt2img:Txt2ImgStage",
+    "colorfix": "tiledsr.stages.colorfix:ColorfixStage",
 }
 ENTRY_POINT_GROUP = "tiledsr.stages"
 

@@ -16,7 +16,7 @@ from ..tiling import TileGrid, make_grid
 
 __all__ = ["Runtime", "Stage", "Tiling", "TileReport"]
 
-TileReport = Callable[[int, int], None]  # (tiles done, tiles in all)
+TileReport = Callable[..., None]  # (tiles done, tiles in all[, step, steps])
 Blend = Literal["linear", "cosine", "gaussian"]
 
 
@@ -74,7 +74,8 @@ class Stage:
 
     type: ClassVar[str]
     Config: ClassVar[type]
-    scale_label: ClassVar[str] = "1"
+    consumes: ClassVar[str] = "pixels"  # "pixels", "latents" or "nothing" (a source stage)
+    produces: ClassVar[str] = "pixels"  # "pixels" or "latents"
 
     def __init__(self, config: Any, tiling: Tiling, runtime: Runtime):
         self.config = config
@@ -107,6 +108,7 @@ class Stage:
     def load(self) -> None:
         """Load models (no-op for model-free stages). Called once before the first run."""
 
-    def run(self, image: np.ndarray, report: TileReport) -> np.ndarray:
-        """(H, W, C) float32 in [0, 1], CPU -> (H', W', C) float32 in [0, 1], CPU."""
+    def run(self, data: Any, report: TileReport, source: np.ndarray | None = None) -> Any:
+        """(H, W, C) float32 in [0, 1] on the CPU (or Latents, per ``consumes``) -> the same
+        (per ``produces``). ``source`` is the pipeline's input image, for stages that need it."""
         raise NotImplementedError

@@ -65,7 +65,7 @@ class ResizeStage(Stage):
         what = f"x{c.scale:g}" if c.scale is not None else f"to {c.width or 'auto'}x{c.height or 'auto'}"
         return f"resize {what} ({c.method})"
 
-    def run(self, image: np.ndarray, report: TileReport) -> np.ndarray:
+    def run(self, image: np.ndarray, report: TileReport, source: np.ndarray | None = None) -> np.ndarray:
         out = resize(image, self.output_size(*image.shape[:2]), self.config.method)
         report(1, 1)
         return np.clip(out, 0.0, 1.0, out=out)

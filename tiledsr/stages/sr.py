@@ -143,7 +143,7 @@ class SRStage(Stage):
             return rgb.mean(axis=2, keepdims=True)
         return self._tiled(planes, report)
 
-    def run(self, image: np.ndarray, report: TileReport) -> np.ndarray:
+    def run(self, image: np.ndarray, report: TileReport, source: np.ndarray | None = None) -> np.ndarray:
         if not hasattr(self, "_runner"):
             self.load()
         h, w, c = image.shape

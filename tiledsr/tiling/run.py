@@ -70,6 +70,7 @@ def run_tiled(
     order: Sequence[int] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
     scratch_dir: str | None = None,
+    keyed: bool = False,
 ) -> np.ndarray:
     """Apply ``fn`` tile by tile and blend: (H, W, C) float32 -> (H*scale, W*scale, C_out) float32.
 
@@ -78,12 +79,15 @@ def run_tiled(
     down to multiples of ``scale``); ``multiple`` is the size multiple the
     function needs on its input. ``order`` permutes the tile processing order
     (the result does not depend on it); ``on_tile(done, total)`` reports progress.
+    ``keyed=True`` calls ``fn(batch, starts)`` with each window's (y, x) input start, for
+    functions whose randomness is keyed to canvas position.
     """
     h, w, _ = image.shape
     grid = output_grid(h, w, scale, tile, overlap)
     tiles = grid.tiles
     if len(tiles) == 1:  # one tile is the whole image: no window, no blending
-        out = fn(_pad_to_multiple(image[None], multiple))[0, :h * scale, :w * scale]
+        batch1 = _pad_to_multiple(image[None], multiple)
+        out = (fn(batch1, [(0, 0)]) if keyed else fn(batch1))[0, :h * scale, :w * scale]
         if on_tile is not None:
             on_tile(1, 1)
         return np.ascontiguousarray(out, dtype=np.float32)
@@ -93,7 +97,8 @@ def run_tiled(
     for group in _batches(todo, max(1, batch)):
         wins = [(window(t.y, t.h, scale, context, h), window(t.x, t.w, scale, context, w)) for t in group]
         crops = np.stack([image[y0:y0 + yh, x0:x0 + xw] for (y0, yh, _), (x0, xw, _) in wins])
-        out = fn(_pad_to_multiple(crops, multiple))
+        padded = _pad_to_multiple(crops, multiple)
+        out = fn(padded, [(y0, x0) for (y0, _, _), (x0, _, _) in wins]) if keyed else fn(padded)
         if canvas is None:
             canvas = Canvas(h * scale, w * scale, out.shape[-1], scratch_dir)
         for t, ((_, _, oy), (_, _, ox)), o in zip(group, wins, out):

@@ -1,0 +1,86 @@
+"""Pixels <-> latents with one VAE, tiled; and the latent canvas handed between diffusion stages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from ..resample import resize
+from ..stages.base import Tiling
+
+__all__ = ["LatentCodec", "Latents"]
+
+
+@dataclass(frozen=True)
+class Latents:
+    """A latent canvas handed from stage to stage without a decode/encode round trip.
+
+    ``tensor``: (1, C, h, w) float32 on the stage device, already multiplied by the VAE's
+    scaling factor; ``size``: the (H, W) pixel size it stands for (the canvas may be padded
+    to the VAE factor); ``alpha``: the (H0, W0, 1) alpha plane of the pipeline's pixels, or
+    None; ``grey``: decode back to one channel.
+    """
+
+    tensor: Any
+    codec: "LatentCodec"
+    size: tuple[int, int]
+    alpha: np.ndarray | None = None
+    grey: bool = False
+
+    def scaled(self, tensor: Any, factor: int) -> "Latents":
+        """The same image at ``factor`` times the size, with a new latent tensor."""
+        return replace(self, tensor=tensor, size=(self.size[0] * factor, self.size[1] * factor))
+
+
+class LatentCodec:
+    """Tiled VAE encode/decode of float images (H, W, C) in [0, 1] on the CPU.
+
+    Alpha is split off before encoding and resized onto the decoded image; greyscale
+    runs as RGB and comes back as one channel. ``tiling`` is in pixels.
+    """
+
+    def __init__(self, vae: Any, tiling: Tiling):
+        self.vae = vae
+        self.tiling = tiling
+        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.space = f"{vae.config.latent_channels}ch@{vae.config.scaling_factor:g}"
+
+    def grid(self, height: int, width: int):
+        """The pixel tile grid the tiled VAE uses for an image of (height, width)."""
+        from ..tiling import make_grid
+
+        f, t = self.factor, self.tiling
+        h, w = height + -height % f, width + -width % f
+        return make_grid(h, w, max(f, t.tile - t.tile % f), min(t.overlap - t.overlap % f, t.tile - f), f)
+
+    def encode(self, image: np.ndarray, report: Callable[[int, int], None]) -> Latents:
+        """(H, W, C) float32 [0, 1] -> Latents (mode of the latent distribution x scaling factor)."""
+        import torch
+
+        from .vae import tiled_encode
+
+        h, w, c = image.shape
+        alpha = image[:, :, -1:].copy() if c in (2, 4) else None
+        rgb = image[:, :, :3] if c >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+        f = self.factor
+        padded = np.pad(rgb, ((0, -h % f), (0, -w % f), (0, 0)), mode="reflect" if min(h, w) > f else "edge")
+        pixels = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None] * 2 - 1
+        t = self.tiling
+        lat = tiled_encode(self.vae, pixels, tile=t.tile, overlap=t.overlap, blend=t.blend, progress=report)
+        return Latents(lat, self, (h, w), alpha, c <= 2)
+
+    def decode(self, latents: Latents, report: Callable[[int, int], None]) -> np.ndarray:
+        """Latents -> (H, W, C) float32 in [0, 1], cropped to ``latents.size``, alpha re-attached."""
+        from .vae import tiled_decode
+
+        t = self.tiling
+        sf = self.vae.config.scaling_factor
+        pixels = tiled_decode(self.vae, latents.tensor / sf, tile=t.tile, overlap=t.overlap, blend=t.blend,
+                              progress=report)
+        h, w = latents.size
+        rgb = ((pixels[0].float().cpu().numpy().transpose(1, 2, 0)[:h, :w] + 1) / 2).clip(0, 1)
+        out = rgb.mean(axis=2, keepdims=True) if latents.grey else rgb
+        if latents.alpha is not None:
+            out = np.concatenate([out, np.clip(resize(latents.alpha, (h, w), "lanczos"), 0, 1)], axis=2)
+        return np.ascontiguousarray(out, dtype=np.float32)

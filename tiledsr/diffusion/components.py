@@ -1,0 +1,118 @@
+"""Load diffusion components (UNet, VAE, text encoder, tokenizer, scheduler) with diffusers' classes.
+
+A model is a local diffusers folder (``unet/``, ``vae/``, ... subfolders) or a hub id looked up
+in the usual Hugging Face cache only: nothing is downloaded at run time. A model that is not
+there raises :class:`~tiledsr.errors.ModelNotAvailable` (exit code 3) naming how to get it.
+Loaded components are cached per (model, device, dtype), so stages sharing a model share weights.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, ModelNotAvailable
+
+__all__ = ["Components", "is_available", "load_components", "torch_dtype"]
+
+_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_CACHE: dict[tuple, "Components"] = {}
+
+
+@dataclass(frozen=True)
+class Components:
+    """Diffusers components on ``device``; the UNet and text encoder in ``dtype``, the VAE in float32."""
+
+    model: str
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    device: Any
+    dtype: Any
+
+
+def torch_dtype(precision: str, device: str):
+    """Precision name -> torch dtype: auto is fp16 on CUDA and fp32 elsewhere."""
+    import torch
+
+    if precision == "auto":
+        precision = "fp16" if device.startswith("cuda") else "fp32"
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _is_hub_id(model: str) -> bool:
+    return not Path(model).exists() and model.count("/") == 1 and not model.startswith((".", "/", "~"))
+
+
+def is_available(model: str) -> bool:
+    """True if ``model`` is a local folder with a ``unet/`` subfolder, or a cached hub id (no download)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return (path / "unet" / "config.json").is_file()
+    if not _is_hub_id(model):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(model, "unet/config.json")
+    return isinstance(hit, str) and os.path.isfile(hit)
+
+
+def _missing(model: str, why: str) -> ModelNotAvailable:
+    if _is_hub_id(model):
+        how = f"run `tiledsr models fetch {model}` while online, or pass a local diffusers folder"
+    else:
+        how = "pass a diffusers folder with unet/, vae/, text_encoder/, tokenizer/ and scheduler/ subfolders"
+    return ModelNotAvailable(f"diffusion model {model!r} is not available offline ({why}); {how}")
+
+
+def load_components(model: str, device: str, precision: str = "auto") -> Components:
+    """Load (or reuse) every component of ``model`` onto ``device``; ModelNotAvailable if absent."""
+    dtype = torch_dtype(precision, device)
+    key = (model, device, str(dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+    if not is_available(model):
+        raise _missing(model, "not a local folder and not in the Hugging Face cache")
+    try:
+        parts = _load_parts(str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model)
+    except (OSError, ValueError) as exc:
+        raise _missing(model, " ".join(str(exc).split())[:200]) from exc
+    import torch
+
+    dev = torch.device(device)
+    parts["unet"].to(dev, dtype).eval()
+    parts["text_encoder"].to(dev, dtype).eval()
+    parts["vae"].to(dev, torch.float32).eval()
+    comp = Components(model, parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                      parts["scheduler"], dev, dtype)
+    _CACHE[key] = comp
+    return comp
+
+
+def _load_parts(source: str) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    offline = {"local_files_only": True}
+    scheduler_config = SchedulerMixin.load_config(source, subfolder="scheduler", **offline)
+    scheduler = _scheduler_class(scheduler_config).from_config(scheduler_config)
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", **offline),
+        "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **offline),
+        "text_encoder": CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **offline),
+        "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **offline),
+        "scheduler": scheduler,
+    }
+
+
+def _scheduler_class(config: dict):
+    import diffusers
+
+    name = config.get("_class_name", "")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise InputError(f"unknown scheduler class {name!r} in the model's scheduler/scheduler_config.json")
+    return cls

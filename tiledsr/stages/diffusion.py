@@ -1,0 +1,90 @@
+"""What the diffusion stages share: model loading, the VAE codec, tiles in latent units."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..tiling import TileGrid, make_grid
+from .base import Stage, StageTiling
+
+__all__ = ["DiffusionConfig", "DiffusionStage", "SCHEDULERS"]
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-ancestral": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
+VAE_FACTOR = 8  # SD 1.x/2.x VAEs; the loaded VAE's own factor is used at run time
+Scheduler = Literal["default", "ddim", "euler", "euler-ancestral", "dpm++"]
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(StageTiling):
+    """Options every diffusion stage has: ``model`` (hub id or local diffusers folder), prompts, steps, guidance."""
+
+    model: str = ""
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance: float = 7.5
+
+    def check(self) -> str | None:
+        if not self.model:
+            return "model: give a hub id or a local diffusers folder"
+        if not 1 <= self.steps <= 1000:
+            return f"steps must be in 1..1000, got {self.steps}"
+        if self.guidance < 0:
+            return f"guidance must be >= 0, got {self.guidance}"
+        return None
+
+
+class DiffusionStage(Stage):
+    """Base for stages built on diffusers components; loads them in ``load()``."""
+
+    unet_multiple = 8  # latent pixels the UNet needs tiles to be multiples of (refined at load)
+
+    def load(self) -> None:
+        from ..diffusion.codec import LatentCodec
+        from ..diffusion.components import load_components
+
+        self.components = load_components(self.config.model, self.runtime.device, self.runtime.precision)
+        self.codec = LatentCodec(self.components.vae, self.tiling)
+        self.factor = self.codec.factor
+        down = len(self.components.unet.config.down_block_types)
+        self.unet_multiple = 2 ** (down - 1)
+
+    @property
+    def seed(self) -> int:
+        return 0 if self.runtime.seed is None else self.runtime.seed
+
+    def latent_tiling(self) -> dict[str, Any]:
+        """tile / overlap / blend / batch for the loop, converted from output pixels to latent pixels."""
+        f = getattr(self, "factor", VAE_FACTOR)
+        t = self.tiling
+        return {"tile": max(1, t.tile // f), "overlap": t.overlap // f, "blend": t.blend, "batch": t.batch}
+
+    def grid(self, height: int, width: int) -> TileGrid:
+        oh, ow = self.output_size(height, width)
+        m = VAE_FACTOR * self.unet_multiple
+        tile = max(m, self.tiling.tile - self.tiling.tile % m)
+        return make_grid(oh, ow, tile, min(self.tiling.overlap, tile - m), m)
+
+    def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
+        oh, ow = self.output_size(height, width)
+        g = self.grid(height, width)
+        # Rough: UNet activations ~ 6 KB per output pixel of a tile batch at fp32 (SD-size UNet).
+        return {"tile": 6 * 1024 * g.tile_h * g.tile_w * self.tiling.batch, "canvas": oh * ow * (channels * 8 + 8)}
+
+    def scheduler(self):
+        """A fresh scheduler: the model's own, or the one named in the config."""
+        import diffusers
+
+        base = self.components.scheduler
+        name = getattr(self.config, "scheduler", "default")
+        cls = base.__class__ if name == "default" else getattr(diffusers, SCHEDULERS[name])
+        return cls.from_config(base.config)
+
+    def step_report(self, report):
+        """Adapt the loop's progress(step, steps, tile, tiles) to the pipeline's tile reporter."""
+        return lambda step, steps, tile, tiles: report(tile, tiles, step, steps)

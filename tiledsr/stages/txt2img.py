@@ -1,0 +1,58 @@
+"""Stage ``txt2img``: a source stage generating the first latents from a prompt."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .diffusion import DiffusionConfig, DiffusionStage, Scheduler
+
+__all__ = ["Txt2ImgConfig", "Txt2ImgStage"]
+
+
+@dataclass(frozen=True)
+class Txt2ImgConfig(DiffusionConfig):
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    width: int = 512
+    height: int = 512
+    steps: int = 30
+    scheduler: Scheduler = "default"
+
+    def check(self) -> str | None:
+        for key in ("width", "height"):
+            v = getattr(self, key)
+            if v <= 0 or v % 8:
+                return f"{key} must be a positive multiple of 8 pixels, got {v}"
+        return super().check()
+
+
+class Txt2ImgStage(DiffusionStage):
+    """Nothing -> latents (1, 4, height/8, width/8), generated tile by tile at every step."""
+
+    type = "txt2img"
+    Config = Txt2ImgConfig
+    consumes = "nothing"
+    produces = "latents"
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.config.height, self.config.width
+
+    def describe(self) -> str:
+        c = self.config
+        return f"txt2img {c.model} ({c.width}x{c.height}, {c.steps} steps, guidance {c.guidance:g})"
+
+    def load(self) -> None:
+        from ..diffusion.text import encode_sd_prompt
+
+        super().load()
+        comp = self.components
+        self.embeds = encode_sd_prompt(comp.tokenizer, comp.text_encoder, self.config.prompt,
+                                       self.config.negative_prompt, self.config.guidance)
+
+    def run(self, data, report, source=None):
+        from ..diffusion.codec import Latents
+        from ..diffusion.img2img import txt2img_latents
+
+        c, comp = self.config, self.components
+        lat = txt2img_latents(comp.unet, self.scheduler(), c.height, c.width, self.embeds, steps=c.steps,
+                              guidance=c.guidance, seed=self.seed, progress=self.step_report(report),
+                              **self.latent_tiling())
+        return Latents(lat, self.codec, (c.height, c.width))
