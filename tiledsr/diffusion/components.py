@@ -77,32 +77,44 @@ def load_components(model: str, device: str, precision: str = "auto") -> Compone
     if not is_available(model):
         raise _missing(model, "not a local folder and not in the Hugging Face cache")
     try:
-        parts = _load_parts(str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model)
+        parts = _load_parts(str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model, dtype)
     except (OSError, ValueError) as exc:
         raise _missing(model, " ".join(str(exc).split())[:200]) from exc
     import torch
 
     dev = torch.device(device)
-    parts["unet"].to(dev, dtype).eval()
-    parts["text_encoder"].to(dev, dtype).eval()
-    parts["vae"].to(dev, torch.float32).eval()
+    for name in ("unet", "text_encoder", "vae"):
+        parts[name].to(dev).eval()
     comp = Components(model, parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
                       parts["scheduler"], dev, dtype)
     _CACHE[key] = comp
     return comp
 
 
-def _load_parts(source: str) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+def _quiet_libraries() -> None:
+    """The library never prints: silence diffusers' and transformers' progress bars and notices."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers.utils.logging, transformers.utils.logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+def _load_parts(source: str, dtype) -> dict[str, Any]:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    _quiet_libraries()
     offline = {"local_files_only": True}
-    scheduler_config = SchedulerMixin.load_config(source, subfolder="scheduler", **offline)
+    scheduler_config = DDIMScheduler.load_config(source, subfolder="scheduler", **offline)  # any class reads the dict
     scheduler = _scheduler_class(scheduler_config).from_config(scheduler_config)
     return {
-        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", **offline),
-        "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **offline),
-        "text_encoder": CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **offline),
+        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **offline),
+        "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **offline),
+        "text_encoder": CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype,
+                                                      **offline),
         "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **offline),
         "scheduler": scheduler,
     }

@@ -62,12 +62,13 @@ class DiffusionStage(Stage):
         """tile / overlap / blend / batch for the loop, converted from output pixels to latent pixels."""
         f = getattr(self, "factor", VAE_FACTOR)
         t = self.tiling
-        return {"tile": max(1, t.tile // f), "overlap": t.overlap // f, "blend": t.blend, "batch": t.batch}
+        tile = max(2 * self.unet_multiple, t.tile // f)  # the UNet's deepest level needs >= 2x2
+        return {"tile": tile, "overlap": min(t.overlap // f, tile - 1), "blend": t.blend, "batch": t.batch}
 
     def grid(self, height: int, width: int) -> TileGrid:
         oh, ow = self.output_size(height, width)
         m = VAE_FACTOR * self.unet_multiple
-        tile = max(m, self.tiling.tile - self.tiling.tile % m)
+        tile = max(2 * m, self.tiling.tile - self.tiling.tile % m)
         return make_grid(oh, ow, tile, min(self.tiling.overlap, tile - m), m)
 
     def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:

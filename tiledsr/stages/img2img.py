@@ -27,6 +27,9 @@ class Img2ImgConfig(DiffusionConfig):
     def check(self) -> str | None:
         if not 0 < self.strength <= 1:
             return f"strength must be in (0, 1], got {self.strength}"
+        if int(self.steps * self.strength) < 1:
+            return (f"strength {self.strength:g} x steps {self.steps} runs no denoising step; "
+                    f"use at least {int(1 / self.strength) + 1} steps")
         return super().check()
 
 
@@ -57,7 +60,7 @@ class Img2ImgStage(DiffusionStage):
         super().load()
         comp = self.components
         self.embeds = encode_sd_prompt(comp.tokenizer, comp.text_encoder, self.config.prompt,
-                                       self.config.negative_prompt, self.config.guidance)
+                                       self.config.negative_prompt, guidance=self.config.guidance)
 
     def _denoise(self, init, seed: int, progress=None, whole: bool = False):
         from ..diffusion.img2img import img2img_latents

@@ -44,7 +44,7 @@ class LatentX2Stage(DiffusionStage):
         super().load()
         comp = self.components
         self.embeds = encode_upscaler_prompt(comp.tokenizer, comp.text_encoder, self.config.prompt,
-                                             self.config.negative_prompt, self.config.guidance)
+                                             self.config.negative_prompt, guidance=self.config.guidance)
 
     def run(self, latents, report, source=None):
         from ..diffusion.latent_upscale import upscale_latents

@@ -45,14 +45,14 @@ class Txt2ImgStage(DiffusionStage):
         super().load()
         comp = self.components
         self.embeds = encode_sd_prompt(comp.tokenizer, comp.text_encoder, self.config.prompt,
-                                       self.config.negative_prompt, self.config.guidance)
+                                       self.config.negative_prompt, guidance=self.config.guidance)
 
     def run(self, data, report, source=None):
         from ..diffusion.codec import Latents
         from ..diffusion.img2img import txt2img_latents
 
         c, comp = self.config, self.components
-        lat = txt2img_latents(comp.unet, self.scheduler(), c.height, c.width, self.embeds, steps=c.steps,
+        lat = txt2img_latents(comp.unet, self.scheduler(), c.height // self.factor, c.width // self.factor, self.embeds, steps=c.steps,
                               guidance=c.guidance, seed=self.seed, progress=self.step_report(report),
                               **self.latent_tiling())
         return Latents(lat, self.codec, (c.height, c.width))

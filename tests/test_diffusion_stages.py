@@ -1,0 +1,167 @@
+"""Diffusion stages end to end through the CLI with tiny offline models, checked against diffusers."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from tiledsr.cli import main  # noqa: E402
+from tiledsr.io import read_image, write_image  # noqa: E402
+
+from tiny_models import build_tiny_latent_upscaler, build_tiny_sd, load_components  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def x2(tmp_path_factory):
+    return build_tiny_latent_upscaler(tmp_path_factory.mktemp("tiny-x2"))
+
+
+def photo(tmp_path, h=64, w=64, name="in.png"):
+    from skimage import data
+
+    img = data.chelsea()[60:60 + h, 150:150 + w].astype(np.float32) / 255
+    path = tmp_path / name
+    write_image(path, img)
+    return path, read_image(path)[0]
+
+
+def preset(tmp_path, text, name="p.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def mode_latents(vae, image):
+    px = torch.from_numpy(image.transpose(2, 0, 1))[None] * 2 - 1
+    with torch.no_grad():
+        return vae.encode(px).latent_dist.mode() * vae.config.scaling_factor
+
+
+def as_8bit(ref):
+    return np.rint(np.clip(ref, 0, 1) * 255)
+
+
+def test_latent_x2_one_tile_equals_diffusers(tmp_path, capsys, x2):
+    from diffusers import StableDiffusionLatentUpscalePipeline
+
+    src, img = photo(tmp_path)
+    p = preset(tmp_path, f"tile: 4096\noverlap: 64\nstages:\n  - type: latent-x2\n    model: {x2}\n"
+                         "    prompt: a cat\n    steps: 3\n    guidance: 0\n")
+    code, err = run(capsys, "upscale", src, "-o", tmp_path / "out.png", "--preset", p, "--seed", "0",
+                    "--progress", "none")
+    assert code == 0, err
+    ours = read_image(tmp_path / "out.png")[0] * 255
+    c = load_components(x2)
+    pipe = StableDiffusionLatentUpscalePipeline(**c)
+    ref = pipe("a cat", image=mode_latents(c["vae"], img), num_inference_steps=3, guidance_scale=0,
+               generator=torch.Generator("cpu").manual_seed(0), output_type="np").images[0]
+    assert ours.shape == (128, 128, 3)
+    assert np.abs(ours - as_8bit(ref)).max() <= 1
+
+
+@pytest.mark.parametrize("guidance", [1.0, 7.5])
+def test_img2img_one_tile_equals_diffusers(tmp_path, capsys, sd, guidance):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    src, img = photo(tmp_path)
+    p = preset(tmp_path, f"tile: 4096\noverlap: 64\nstages:\n  - type: img2img\n    model: {sd}\n"
+                         f"    prompt: a cat\n    steps: 4\n    strength: 0.5\n    guidance: {guidance}\n")
+    code, err = run(capsys, "upscale", src, "-o", tmp_path / "out.png", "--preset", p, "--seed", "3",
+                    "--progress", "none")
+    assert code == 0, err
+    ours = read_image(tmp_path / "out.png")[0] * 255
+    c = load_components(sd)
+    pipe = StableDiffusionImg2ImgPipeline(**c, safety_checker=None, feature_extractor=None, image_encoder=None,
+                                          requires_safety_checker=False)
+    ref = pipe("a cat", image=mode_latents(c["vae"], img), strength=0.5, num_inference_steps=4,
+               guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(3), output_type="np").images[0]
+    assert np.abs(ours - as_8bit(ref)).max() <= 1
+
+
+def test_txt2img_source_equals_diffusers(tmp_path, capsys, sd):
+    from diffusers import StableDiffusionPipeline
+
+    p = preset(tmp_path, f"tile: 4096\nstages:\n  - type: txt2img\n    model: {sd}\n    prompt: a cat\n"
+                         "    width: 64\n    height: 48\n    steps: 3\n")
+    code, err = run(capsys, "upscale", "-o", tmp_path / "gen.png", "--preset", p, "--seed", "5", "--progress", "none")
+    assert code == 0, err
+    ours = read_image(tmp_path / "gen.png")[0] * 255
+    c = load_components(sd)
+    pipe = StableDiffusionPipeline(**c, safety_checker=None, feature_extractor=None, image_encoder=None,
+                                   requires_safety_checker=False)
+    ref = pipe("a cat", height=48, width=64, num_inference_steps=3, guidance_scale=7.5,
+               generator=torch.Generator("cpu").manual_seed(5), output_type="np").images[0]
+    assert ours.shape == (48, 64, 3) and np.abs(ours - as_8bit(ref)).max() <= 1
+
+
+def test_tiled_latent_x2_is_deterministic_and_batch_independent(tmp_path, capsys, x2):
+    src, _ = photo(tmp_path, 96, 128)
+    outs = []
+    for i, batch in enumerate([1, 1, 3]):
+        p = preset(tmp_path, f"tile: 128\noverlap: 32\nbatch: {batch}\nstages:\n  - type: latent-x2\n"
+                             f"    model: {x2}\n    steps: 2\n", f"p{i}.yaml")
+        code, err = run(capsys, "upscale", src, "-o", tmp_path / f"o{i}.png", "--preset", p, "--progress", "json")
+        assert code == 0, err
+        events = [json.loads(line) for line in err.splitlines()]
+        steps = {e["step"] for e in events if e["event"] == "progress" and e.get("stage") == "latent-x2"}
+        assert steps == {1, 2}
+        outs.append(read_image(tmp_path / f"o{i}.png")[0])
+    assert outs[0].shape == (192, 256, 3)
+    assert np.array_equal(outs[0], outs[1])  # two runs: bit-identical
+    assert np.abs(outs[0] - outs[2]).max() <= 1 / 255 + 1e-6  # batch 3: BLAS may round differently
+
+
+def test_img2img_independent_mode_and_colorfix(tmp_path, capsys, sd):
+    src, img = photo(tmp_path, 80, 96)
+    p = preset(tmp_path, f"tile: 48\noverlap: 16\nstages:\n  - type: img2img\n    model: {sd}\n    mode: independent\n"
+                         "    steps: 4\n    strength: 0.5\n  - type: colorfix\n    method: adain\n")
+    for name in ("a.png", "b.png"):
+        code, err = run(capsys, "upscale", src, "-o", tmp_path / name, "--preset", p, "--progress", "none")
+        assert code == 0, err
+    a, b = read_image(tmp_path / "a.png")[0], read_image(tmp_path / "b.png")[0]
+    assert a.shape == img.shape and np.array_equal(a, b)
+    assert np.abs(a.mean(axis=(0, 1)) - img.mean(axis=(0, 1))).max() < 2 / 255  # colorfix re-anchors tone
+
+
+def test_latents_pass_between_diffusion_stages_and_pixels_force_decode(tmp_path, capsys, sd, x2):
+    p = preset(tmp_path, f"tile: 4096\nstages:\n  - type: txt2img\n    model: {sd}\n    width: 64\n    height: 64\n"
+                         f"    steps: 2\n  - type: latent-x2\n    model: {x2}\n    steps: 2\n"
+                         "  - type: resize\n    scale: 0.5\n  - type: latent-x2\n"
+                         f"    model: {x2}\n    steps: 2\n")
+    code, err = run(capsys, "upscale", "-o", tmp_path / "o.png", "--preset", p, "--progress", "json")
+    assert code == 0, err
+    stages = [e["stage"] for e in map(json.loads, err.splitlines()) if e["event"] == "stage"]
+    assert stages == ["txt2img", "latent-x2", "decode", "resize", "encode", "latent-x2", "decode"]
+    assert read_image(tmp_path / "o.png")[1].width == 128
+
+
+def test_missing_diffusion_model_exits_3(tmp_path, capsys):
+    src, _ = photo(tmp_path)
+    p = preset(tmp_path, f"stages:\n  - type: latent-x2\n    model: {tmp_path / 'nope'}\n")
+    code, err = run(capsys, "upscale", src, "-o", tmp_path / "o.png", "--preset", p)
+    assert code == 3 and "not available" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
+    code, err = run(capsys, "upscale", src, "-o", tmp_path / "o.png", "--preset", "sd-latent-x2")
+    assert code == 3 and "tiledsr models fetch stabilityai/sd-x2-latent-upscaler" in err
+
+
+@pytest.mark.parametrize("name", ["sd-latent-x2", "refine", "txt2img-x4", "poster-x8"])
+def test_diffusion_presets_plan_offline(capsys, name):
+    sample = str(Path(__file__).resolve().parents[1] / "examples" / "sample.png")
+    argv = ["plan", "--preset", name] + ([] if name == "txt2img-x4" else [sample])
+    code, out, err = main(argv), *capsys.readouterr()
+    assert code == 0, err
+    assert "output" in out

@@ -1,0 +1,127 @@
+"""Tiled Stable Diffusion img2img and txt2img in latent space.
+
+Same math as diffusers' ``StableDiffusionImg2ImgPipeline`` (given 4-channel
+latents as ``image``) and ``StableDiffusionPipeline``, both with
+``output_type="latent"``: the UNet predicts noise, classifier-free guidance
+combines the two halves, and one scheduler steps the whole canvas. The
+blended quantity is the guided noise prediction, i.e. what ``scheduler.step``
+consumes, so with one tile the loop is the pipeline's loop.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..errors import InputError
+from ..tiling import Tile
+from .loop import Progress, denoise, latent_grid, step_kwargs, unet_multiple
+from .noise import draw_noise, seeded_generator
+from .text import PromptEmbeds
+
+__all__ = ["img2img_latents", "txt2img_latents"]
+
+
+def _check(unet, embeds: PromptEmbeds, steps: int, guidance: float) -> None:
+    if getattr(unet.config, "time_cond_proj_dim", None) is not None:
+        raise InputError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported")
+    if getattr(unet.config, "addition_embed_type", None) is not None:
+        raise InputError(f"UNets with added conditions ({unet.config.addition_embed_type}, e.g. SDXL) "
+                         "are not supported")
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    if guidance > 1 and not embeds.guided:
+        raise InputError("guidance > 1 needs embeds with an unconditional part: "
+                         "encode_sd_prompt(..., guidance=<the same guidance>)")
+
+
+def _predictor(unet, scheduler, embeds: PromptEmbeds, guidance: float):
+    """Tile predictor: noisy crops (N, C, h, w) -> guided noise predictions (N, C, h, w)."""
+    guided = guidance > 1
+
+    def predict(x: torch.Tensor, tiles: Sequence[Tile], t: torch.Tensor) -> torch.Tensor:
+        x_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+        eps = unet(x_in, t, encoder_hidden_states=embeds.hidden_batch(len(tiles), guided), return_dict=False)[0]
+        if guided:
+            uncond, text = eps.chunk(2)
+            eps = uncond + guidance * (text - uncond)
+        return eps
+
+    return predict
+
+
+def _run(unet, scheduler, x: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds, generator, *,
+         guidance: float, tile: int, overlap: int, blend: str, batch: int, order, progress) -> torch.Tensor:
+    grid = latent_grid(x.shape[2], x.shape[3], tile, overlap, unet_multiple(unet))
+    predict = _predictor(unet, scheduler, embeds, guidance)
+    return denoise(x, scheduler, timesteps, predict, grid, blend=blend, batch=batch, order=order,
+                   step_kwargs=step_kwargs(scheduler, generator), progress=progress)
+
+
+@torch.no_grad()
+def img2img_latents(unet, scheduler, init_latents: torch.Tensor, embeds: PromptEmbeds, *, steps: int,
+                    strength: float, guidance: float, seed: int, tile: int, overlap: int, blend: str = "cosine",
+                    batch: int = 1, order: Sequence[int] | None = None,
+                    progress: Progress | None = None) -> torch.Tensor:
+    """Refine latents (1, 4, h, w) -> (1, 4, h, w) on the UNet's device and dtype, tile by tile.
+
+    ``init_latents`` are already multiplied by the VAE scaling factor. As in
+    diffusers, only the last ``int(steps * strength)`` of ``steps`` timesteps
+    run (progress reports that many steps). ``tile``/``overlap`` in latent
+    pixels (see :func:`latent_grid`). ``embeds`` from :func:`encode_sd_prompt`
+    with the same ``guidance``. The scheduler passed in is not modified.
+    """
+    # 1. Check inputs
+    _check(unet, embeds, steps, guidance)
+    if not 0 < strength <= 1:
+        raise InputError(f"strength must be in (0, 1], got {strength}")
+    if init_latents.ndim != 4 or init_latents.shape[:2] != (1, unet.config.in_channels):
+        raise InputError(f"init_latents must be (1, {unet.config.in_channels}, h, w), got {tuple(init_latents.shape)}")
+    device, dtype = unet.device, unet.dtype
+
+    # 2. Timesteps: skip the first (1 - strength) of the schedule, on a private copy of the scheduler
+    scheduler = scheduler.__class__.from_config(scheduler.config)
+    scheduler.set_timesteps(steps, device=device)
+    t_start = max(steps - min(int(steps * strength), steps), 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    if len(timesteps) == 0:
+        raise InputError(f"strength {strength} with {steps} steps leaves no step to run")
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+
+    # 3. Noise the whole canvas to the first timestep
+    generator = seeded_generator(seed)
+    init = init_latents.to(device, dtype)
+    noise = draw_noise(init.shape, generator, dtype, device)
+    x = scheduler.add_noise(init, noise, timesteps[:1].repeat(1))
+
+    # 4. Denoising loop
+    return _run(unet, scheduler, x, timesteps, embeds.to(device, dtype), generator, guidance=guidance, tile=tile,
+                overlap=overlap, blend=blend, batch=batch, order=order, progress=progress)
+
+
+@torch.no_grad()
+def txt2img_latents(unet, scheduler, height: int, width: int, embeds: PromptEmbeds, *, steps: int,
+                    guidance: float, seed: int, tile: int, overlap: int, blend: str = "cosine", batch: int = 1,
+                    order: Sequence[int] | None = None, progress: Progress | None = None) -> torch.Tensor:
+    """Generate latents (1, C, height, width) from noise, tile by tile; ``height``/``width`` in LATENT pixels.
+
+    Equals ``StableDiffusionPipeline(height=8*height, width=8*width, output_type="latent")``
+    for one tile (C = the UNet's in_channels; latents scaled like the pipeline's).
+    """
+    # 1. Check inputs
+    _check(unet, embeds, steps, guidance)
+    device, dtype = unet.device, unet.dtype
+
+    # 2. Timesteps, on a private copy of the scheduler
+    scheduler = scheduler.__class__.from_config(scheduler.config)
+    scheduler.set_timesteps(steps, device=device)
+
+    # 3. Initial noise for the whole canvas
+    generator = seeded_generator(seed)
+    shape = (1, unet.config.in_channels, height, width)
+    x = draw_noise(shape, generator, dtype, device) * scheduler.init_noise_sigma
+
+    # 4. Denoising loop
+    return _run(unet, scheduler, x, scheduler.timesteps, embeds.to(device, dtype), generator, guidance=guidance,
+                tile=tile, overlap=overlap, blend=blend, batch=batch, order=order, progress=progress)

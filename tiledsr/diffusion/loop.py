@@ -1,0 +1,163 @@
+"""The tiled denoising core: MultiDiffusion-style fusion of tile predictions, one scheduler per canvas.
+
+At every step the model runs on overlapping latent tiles (in batches); each
+tile's prediction (whatever quantity ``scheduler.step`` consumes: the guided
+noise prediction for SD, the guided denoised sample for the x2 upscaler) is
+blended into one full-canvas tensor with feathered weights, and ONE
+``scheduler.step`` advances the whole canvas (Bar-Tal et al. 2023,
+"MultiDiffusion", eq. 5: the fused update is the weighted least-squares
+average of the per-tile updates; Jiménez 2023, "Mixture of Diffusers", for
+the gaussian weights). Since ``scheduler.step`` is affine in the model output
+for the deterministic samplers, blending the output equals blending per-tile
+updates, and multistep schedulers keep a single, consistent history.
+
+Predictions are kept per tile and summed in tile-index order, so the fusion
+does not depend on the processing order or the batch size. (The model itself
+may not be batch-invariant: CPU and GPU kernels can round differently for
+different batch shapes, about 1e-6 relative.) With one tile there is no
+blending at all, so the math is exactly the diffusers pipeline's.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from ..errors import InputError
+from ..tiling import BLENDS, Tile, TileGrid, tile_weights
+from ..tiling.grid import axis_starts
+
+__all__ = ["Blender", "Progress", "TilePredict", "denoise", "latent_grid", "step_kwargs", "unet_multiple"]
+
+TilePredict = Callable[[torch.Tensor, Sequence[Tile], torch.Tensor], torch.Tensor]
+"""``predict(x, tiles, t) -> out``: noisy latent crops x (N, C, h, w) of ``tiles`` at timestep ``t``
+to the quantity the scheduler steps on, (N, C, h, w), same device."""
+
+Progress = Callable[[int, int, int, int], None]
+"""``progress(step, steps, tile, tiles)``: ``step`` in 1..steps, ``tile`` finished tiles of that step."""
+
+
+def unet_multiple(unet) -> int:
+    """Size multiple a UNet needs on its input: 2 ** (number of down blocks - 1)."""
+    return 2 ** (len(unet.config.down_block_types) - 1)
+
+
+def _axis(length: int, tile: int, overlap: int, m: int) -> tuple[int, tuple[int, ...]]:
+    """Tile length (a multiple of ``m``, at most ``tile``) and starts covering ``length``."""
+    if length % m == 0:
+        return axis_starts(length, tile, overlap, m)
+    tile = min(tile, length - length % m)  # largest multiple that fits: at least two tiles
+    span = length - tile
+    n = 1 + math.ceil(span / (tile - overlap))
+    return tile, tuple(i * span // (n - 1) for i in range(n))
+
+
+def latent_grid(height: int, width: int, tile: int, overlap: int, multiple: int) -> TileGrid:
+    """Grid of equal tiles over a ``height`` x ``width`` latent canvas, every tile side a multiple of ``multiple``.
+
+    ``tile`` is rounded down to a multiple (at least ``multiple``) and
+    ``overlap`` clamped to ``tile - multiple``. An axis shorter than the tile
+    is one tile if its length is a multiple; otherwise it gets the largest
+    multiple that fits, twice or more, overlapping (no padding: every tile is
+    real canvas). A side shorter than ``multiple`` is an :class:`InputError`.
+    """
+    m = max(1, multiple)
+    if height < m or width < m:
+        raise InputError(f"latent canvas must be at least {m}x{m} for this UNet, got {height}x{width}")
+    if tile < 1 or overlap < 0:
+        raise InputError(f"tile must be positive and overlap >= 0, got tile {tile}, overlap {overlap}")
+    tile = max(m, tile - tile % m)
+    overlap = min(overlap, tile - m)
+    th, ys = _axis(height, tile, overlap, m)
+    tw, xs = _axis(width, tile, overlap, m)
+    return TileGrid(height, width, th, tw, overlap, ys, xs)
+
+
+def step_kwargs(scheduler, generator: torch.Generator | None, eta: float = 0.0) -> dict:
+    """Extra ``scheduler.step`` arguments it accepts: ``eta`` (DDIM) and ``generator`` (ancestral samplers)."""
+    params = inspect.signature(scheduler.step).parameters
+    kwargs = {"eta": eta} if "eta" in params else {}
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+class Blender:
+    """Feathered fusion of per-tile predictions into a canvas (fixed tile-index order, float32 sums)."""
+
+    def __init__(self, grid: TileGrid, blend: str, device: torch.device):
+        if blend not in BLENDS:
+            raise InputError(f"blend must be one of {BLENDS}, got {blend!r}")
+        self.grid = grid
+        self.tiles = grid.tiles
+        self.weights = [torch.from_numpy(tile_weights(grid, t, blend)).to(device, torch.float32)
+                        for t in self.tiles]
+        wsum = torch.zeros(grid.height, grid.width, device=device)
+        for t, w in zip(self.tiles, self.weights):
+            wsum[t.slices] += w
+        self.wsum = wsum
+
+    def __call__(self, preds: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-tile predictions (1, C, h, w), indexed by tile index -> canvas (1, C, H, W) in their dtype."""
+        c = preds[0].shape[1]
+        acc = torch.zeros(1, c, self.grid.height, self.grid.width, device=self.wsum.device)
+        for t, w, p in zip(self.tiles, self.weights, preds):
+            acc[(..., *t.slices)] += p.float() * w
+        return (acc / self.wsum).to(preds[0].dtype)
+
+
+def _batches(items: Sequence[Tile], size: int) -> Iterable[Sequence[Tile]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _processing_order(tiles: Sequence[Tile], order: Sequence[int] | None) -> list[Tile]:
+    if order is None:
+        return list(tiles)
+    if sorted(order) != list(range(len(tiles))):
+        raise InputError(f"order must be a permutation of range({len(tiles)}), got {list(order)}")
+    return [tiles[i] for i in order]
+
+
+def predict_canvas(latents: torch.Tensor, t: torch.Tensor, predict: TilePredict, grid: TileGrid,
+                   blender: Blender | None, *, batch: int, order: Sequence[int] | None,
+                   on_batch: Callable[[int], None]) -> torch.Tensor:
+    """Model prediction over the whole canvas (1, C, H, W): tiles in batches, then blended."""
+    tiles = grid.tiles
+    preds: list[torch.Tensor | None] = [None] * len(tiles)
+    done = 0
+    for group in _batches(_processing_order(tiles, order), max(1, batch)):
+        x = torch.cat([latents[(..., *tile.slices)] for tile in group])
+        out = predict(x, group, t)
+        for tile, o in zip(group, out):
+            preds[tile.index] = o[None]
+        done += len(group)
+        on_batch(done)
+    return preds[0] if blender is None else blender(preds)
+
+
+def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: TilePredict, grid: TileGrid, *,
+            blend: str, batch: int, order: Sequence[int] | None = None, step_kwargs: dict | None = None,
+            progress: Progress | None = None) -> torch.Tensor:
+    """Run ``timesteps`` of ``scheduler`` on the canvas ``latents`` (1, C, H, W) -> denoised latents, same shape.
+
+    ``scheduler`` must already hold its timesteps (``set_timesteps``, and
+    ``set_begin_index`` for img2img); it is stepped once per timestep on the
+    whole canvas. ``order`` permutes the tile processing order (the result
+    does not depend on it); ``progress`` is called after every tile batch and
+    may raise to cancel.
+    """
+    if blend not in BLENDS:
+        raise InputError(f"blend must be one of {BLENDS}, got {blend!r}")
+    blender = None if len(grid) == 1 else Blender(grid, blend, latents.device)
+    steps, tiles = len(timesteps), len(grid)
+    for i, t in enumerate(timesteps):
+        def report(done: int, i: int = i) -> None:
+            if progress is not None:
+                progress(i + 1, steps, done, tiles)
+
+        out = predict_canvas(latents, t, predict, grid, blender, batch=batch, order=order, on_batch=report)
+        latents = scheduler.step(out, t, latents, **(step_kwargs or {}), return_dict=False)[0]
+    return latents
