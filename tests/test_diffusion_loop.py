@@ -33,6 +33,16 @@ def up(tmp_path_factory):
     return load_components(build_tiny_latent_upscaler(tmp_path_factory.mktemp("tiny-x2")))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models make many small calls: one thread avoids OpenMP spin-waiting on a shared machine
+    (measured 150 s -> 1 s for one test under load 6 on 2 cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def gen(seed):
     return torch.Generator("cpu").manual_seed(seed)
 
@@ -148,7 +158,7 @@ def run_up(c, **kw):
 
 
 def run_i2i(c, **kw):
-    args = dict(steps=4, strength=0.3, guidance=7.5, seed=5, tile=16, overlap=8, blend="cosine", batch=2)
+    args = dict(steps=10, strength=0.3, guidance=7.5, seed=5, tile=16, overlap=8, blend="cosine", batch=2)
     args.update(kw)
     return img2img_latents(args.pop("unet", c["unet"]), c["scheduler"], args.pop("init", smooth(24, 40)),
                            sd_embeds(c, args["guidance"]), **args)
@@ -181,9 +191,10 @@ def test_every_blend_runs_and_stays_close_to_one_tile(sd, up, blend):
     """Tiled differs from untiled (the model sees less context) far less than another seed does.
 
     Measured with these tiny models: mean |tiled - one tile| / mean |other seed - one tile| is
-    0.16 for the upscaler at guidance 0 (0.47 at guidance 4) and 0.15-0.16 for img2img at strength 0.3.
+    0.16 for the upscaler at guidance 0 and 0.14-0.15 for img2img at guidance 1 (3 steps, strength
+    0.3); random-weight guidance amplifies it (0.47 at guidance 4, 0.31 at 7.5).
     """
-    for run, c, kw in ((run_up, up, dict(guidance=0.0)), (run_i2i, sd, {})):
+    for run, c, kw in ((run_up, up, dict(guidance=0.0)), (run_i2i, sd, dict(guidance=1.0))):
         one, other = run(c, tile=64, **kw), run(c, tile=64, seed=6, **kw)
         tiled = run(c, blend=blend, **kw)
         assert torch.isfinite(tiled).all()
@@ -194,6 +205,8 @@ def test_odd_and_prime_sizes(sd, up):
     """Tiles are multiples of the UNet's multiple; an axis that is not one gets overlapping tiles."""
     out = run_up(up, low=smooth(13, 19), tile=64)  # canvas 26x38, multiple 8: tiles 24x32
     assert out.shape == (1, 4, 26, 38) and torch.isfinite(out).all()
+    out = run_up(up, low=smooth(8, 9), tile=8)  # the smallest canvas and tile: 16 = 2 x the multiple
+    assert out.shape == (1, 4, 16, 18) and torch.isfinite(out).all()
     out = run_i2i(sd, init=smooth(23, 37), tile=16)  # multiple 2
     assert out.shape == (1, 4, 23, 37) and torch.isfinite(out).all()
     out = txt2img_latents(sd["unet"], sd["scheduler"], 11, 17, sd_embeds(sd, 1.0), steps=2, guidance=1.0, seed=0,
@@ -202,11 +215,11 @@ def test_odd_and_prime_sizes(sd, up):
 
 
 @pytest.mark.parametrize("h,w,tile,overlap,m", [(26, 38, 64, 8, 8), (23, 37, 16, 8, 2), (24, 40, 16, 8, 2),
-                                                 (97, 131, 40, 12, 8), (64, 64, 64, 8, 8), (8, 8, 3, 0, 8)])
+                                                 (97, 131, 40, 12, 8), (64, 64, 64, 8, 8), (16, 17, 3, 0, 8)])
 def test_latent_grid_geometry(h, w, tile, overlap, m):
     grid = latent_grid(h, w, tile, overlap, m)
     assert grid.tile_h % m == 0 and grid.tile_w % m == 0
-    assert grid.tile_h <= max(m, tile) and grid.tile_w <= max(m, tile)
+    assert 2 * m <= grid.tile_h <= max(2 * m, tile) and 2 * m <= grid.tile_w <= max(2 * m, tile)
     cover = torch.zeros(h, w, dtype=torch.int32)
     for t in grid.tiles:
         assert 0 <= t.y and t.y + t.h <= h and 0 <= t.x and t.x + t.w <= w
@@ -215,11 +228,12 @@ def test_latent_grid_geometry(h, w, tile, overlap, m):
     for starts, size in ((grid.ys, grid.tile_h), (grid.xs, grid.tile_w)):
         for a, b in zip(starts, starts[1:]):
             assert a + size - b >= min(overlap, size - m)
+    assert len(latent_grid(h, w, 10**6, overlap, m)) <= 4  # a big tile: one per axis, two if not a multiple
 
 
 def test_too_small_canvas_and_bad_arguments(sd, up):
-    with pytest.raises(InputError, match="at least 8x8"):
-        run_up(up, low=smooth(3, 10))
+    with pytest.raises(InputError, match="at least 16x16"):
+        run_up(up, low=smooth(7, 10))
     with pytest.raises(InputError, match="blend"):
         run_i2i(sd, blend="box")
     with pytest.raises(InputError, match="guidance"):
@@ -231,7 +245,7 @@ def test_too_small_canvas_and_bad_arguments(sd, up):
 
 def test_progress_is_monotonic_and_can_cancel(sd):
     events = []
-    run_i2i(sd, steps=10, strength=0.3, batch=2, progress=lambda *e: events.append(e))  # 3 steps run
+    run_i2i(sd, batch=2, progress=lambda *e: events.append(e))  # 10 steps at strength 0.3: 3 run
     tiles = len(latent_grid(24, 40, 16, 8, 2))
     assert events == sorted(events) and len(set(events)) == len(events)
     assert len(events) == 3 * -(-tiles // 2)
@@ -245,4 +259,4 @@ def test_progress_is_monotonic_and_can_cancel(sd):
             raise Stop
 
     with pytest.raises(Stop):
-        run_i2i(sd, steps=10, progress=cancel)
+        run_i2i(sd, progress=cancel)

@@ -5,16 +5,15 @@ tile's prediction (whatever quantity ``scheduler.step`` consumes: the guided
 noise prediction for SD, the guided denoised sample for the x2 upscaler) is
 blended into one full-canvas tensor with feathered weights, and ONE
 ``scheduler.step`` advances the whole canvas (Bar-Tal et al. 2023,
-"MultiDiffusion", eq. 5: the fused update is the weighted least-squares
-average of the per-tile updates; Jiménez 2023, "Mixture of Diffusers", for
-the gaussian weights). Since ``scheduler.step`` is affine in the model output
+"MultiDiffusion": the fused update is the per-pixel weighted average of the
+per-tile updates; Jiménez 2023, "Mixture of Diffusers", for gaussian weights). Since ``scheduler.step`` is affine in the model output
 for the deterministic samplers, blending the output equals blending per-tile
 updates, and multistep schedulers keep a single, consistent history.
 
 Predictions are kept per tile and summed in tile-index order, so the fusion
 does not depend on the processing order or the batch size. (The model itself
 may not be batch-invariant: CPU and GPU kernels can round differently for
-different batch shapes, about 1e-6 relative.) With one tile there is no
+different batch shapes, by about 1e-6.) With one tile there is no
 blending at all, so the math is exactly the diffusers pipeline's.
 """
 from __future__ import annotations
@@ -57,18 +56,19 @@ def _axis(length: int, tile: int, overlap: int, m: int) -> tuple[int, tuple[int,
 def latent_grid(height: int, width: int, tile: int, overlap: int, multiple: int) -> TileGrid:
     """Grid of equal tiles over a ``height`` x ``width`` latent canvas, every tile side a multiple of ``multiple``.
 
-    ``tile`` is rounded down to a multiple (at least ``multiple``) and
-    ``overlap`` clamped to ``tile - multiple``. An axis shorter than the tile
-    is one tile if its length is a multiple; otherwise it gets the largest
-    multiple that fits, twice or more, overlapping (no padding: every tile is
-    real canvas). A side shorter than ``multiple`` is an :class:`InputError`.
+    ``tile`` is rounded down to a multiple, at least ``2 * multiple`` (the
+    UNet's deepest level needs 2x2: K-UNet padding and GroupNorm fail at 1x1),
+    and ``overlap`` is clamped to ``tile - multiple``. An axis no longer than
+    the tile is one tile if its length is a multiple; otherwise it gets the
+    largest multiple that fits, twice or more, overlapping (no padding: every
+    tile is real canvas). A side shorter than ``2 * multiple`` is an :class:`InputError`.
     """
     m = max(1, multiple)
-    if height < m or width < m:
-        raise InputError(f"latent canvas must be at least {m}x{m} for this UNet, got {height}x{width}")
+    if height < 2 * m or width < 2 * m:
+        raise InputError(f"latent canvas must be at least {2 * m}x{2 * m} for this UNet, got {height}x{width}")
     if tile < 1 or overlap < 0:
         raise InputError(f"tile must be positive and overlap >= 0, got tile {tile}, overlap {overlap}")
-    tile = max(m, tile - tile % m)
+    tile = max(2 * m, tile - tile % m)
     overlap = min(overlap, tile - m)
     th, ys = _axis(height, tile, overlap, m)
     tw, xs = _axis(width, tile, overlap, m)

@@ -54,7 +54,7 @@ class PromptEmbeds:
         return self.pooled.expand(n, -1)
 
 
-def _token_ids(tokenizer, text: str, max_length: int) -> torch.Tensor:
+def _token_ids(tokenizer, text: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     out = tokenizer([text], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     return out.input_ids, out.attention_mask
 
