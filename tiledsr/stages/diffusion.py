@@ -43,16 +43,21 @@ class DiffusionStage(Stage):
     """Base for stages built on diffusers components; loads them in ``load()``."""
 
     unet_multiple = 8  # latent pixels the UNet needs tiles to be multiples of (refined at load)
+    prompt_kind = "sd"  # "sd" or "upscaler": how the prompt is embedded
 
     def load(self) -> None:
+        """Load the components, the VAE codec, and the prompt embeddings (computed once per run)."""
+        from ..diffusion import text
         from ..diffusion.codec import LatentCodec
         from ..diffusion.components import load_components
 
-        self.components = load_components(self.config.model, self.runtime.device, self.runtime.precision)
-        self.codec = LatentCodec(self.components.vae, self.tiling)
+        c = self.config
+        self.components = comp = load_components(c.model, self.runtime.device, self.runtime.precision)
+        self.codec = LatentCodec(comp.vae, self.tiling)
         self.factor = self.codec.factor
-        down = len(self.components.unet.config.down_block_types)
-        self.unet_multiple = 2 ** (down - 1)
+        self.unet_multiple = 2 ** (len(comp.unet.config.down_block_types) - 1)
+        encode = text.encode_upscaler_prompt if self.prompt_kind == "upscaler" else text.encode_sd_prompt
+        self.embeds = encode(comp.tokenizer, comp.text_encoder, c.prompt, c.negative_prompt, guidance=c.guidance)
 
     @property
     def seed(self) -> int:

@@ -54,14 +54,6 @@ class Img2ImgStage(DiffusionStage):
         c = self.config
         return f"img2img {c.model} ({c.mode}, strength {c.strength:g}, {c.steps} steps, guidance {c.guidance:g})"
 
-    def load(self) -> None:
-        from ..diffusion.text import encode_sd_prompt
-
-        super().load()
-        comp = self.components
-        self.embeds = encode_sd_prompt(comp.tokenizer, comp.text_encoder, self.config.prompt,
-                                       self.config.negative_prompt, guidance=self.config.guidance)
-
     def _denoise(self, init, seed: int, progress=None, whole: bool = False):
         from ..diffusion.img2img import img2img_latents
 

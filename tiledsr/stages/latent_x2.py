@@ -30,6 +30,7 @@ class LatentX2Stage(DiffusionStage):
     Config = LatentX2Config
     consumes = "latents"
     produces = "latents"
+    prompt_kind = "upscaler"
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return 2 * height, 2 * width
@@ -37,14 +38,6 @@ class LatentX2Stage(DiffusionStage):
     def describe(self) -> str:
         c = self.config
         return f"latent-x2 {c.model} ({c.steps} steps, guidance {c.guidance:g}, noise level {c.noise_level:g})"
-
-    def load(self) -> None:
-        from ..diffusion.text import encode_upscaler_prompt
-
-        super().load()
-        comp = self.components
-        self.embeds = encode_upscaler_prompt(comp.tokenizer, comp.text_encoder, self.config.prompt,
-                                             self.config.negative_prompt, guidance=self.config.guidance)
 
     def run(self, latents, report, source=None):
         from ..diffusion.latent_upscale import upscale_latents

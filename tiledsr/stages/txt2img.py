@@ -39,14 +39,6 @@ class Txt2ImgStage(DiffusionStage):
         c = self.config
         return f"txt2img {c.model} ({c.width}x{c.height}, {c.steps} steps, guidance {c.guidance:g})"
 
-    def load(self) -> None:
-        from ..diffusion.text import encode_sd_prompt
-
-        super().load()
-        comp = self.components
-        self.embeds = encode_sd_prompt(comp.tokenizer, comp.text_encoder, self.config.prompt,
-                                       self.config.negative_prompt, guidance=self.config.guidance)
-
     def run(self, data, report, source=None):
         from ..diffusion.codec import Latents
         from ..diffusion.img2img import txt2img_latents
