@@ -12,7 +12,10 @@ decoded untiled and tiled. Each job runs in its own subprocess so that its peak 
   * closeness to untiled: PSNR of the decoded image (8-bit scale), or relative RMSE of latents;
   * the largest per-tile tone difference: mean over each tile's core (the region it owns) of
     tiled minus untiled, largest over tiles and channels, in 8-bit levels (latents: in latent stds);
-  * peak RSS of the process, and its rise above the loaded model.
+  * peak RSS of the process, and its rise above the loaded model. Children run with glibc's
+    MALLOC_MMAP_THRESHOLD_=65536: with the default, glibc keeps freed blocks of up to 32 MB in
+    its heap, and the hundreds of tile runs of the shared mode then inflate the peak RSS by a
+    few hundred MB that no live tensor uses.
 """
 from __future__ import annotations
 
@@ -98,6 +101,28 @@ def metrics(what: str, out: torch.Tensor, ref: torch.Tensor, grid) -> tuple[str,
     return f"{rel:.3f} rel. RMSE", f"{tile_tone(out - ref, grid, 1) / float(ref.std()):.3f} stds"
 
 
+def run_all(args, grid, norms: dict[str, int]) -> list[str]:
+    """Every job in a subprocess of its own; one markdown table row each."""
+    rows, seconds = [], {}
+    with tempfile.TemporaryDirectory() as d:
+        for what, how in JOBS:
+            cmd = [sys.executable, __file__, "--job", f"{what}:{how}", "--dir", d, "--size", str(args.size),
+                   "--tile", str(args.tile), "--overlap", str(args.overlap)]
+            cmd += ["--no-attention"] if args.no_attention else []
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed tensors go back to the OS
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            res = json.loads(done.stdout.strip().splitlines()[-1])
+            seconds[what, how] = res["seconds"]
+            out = torch.load(os.path.join(d, f"{what}-{how}.pt"))
+            close, tone = ("reference", "-") if how == "untiled" else metrics(
+                what, out, torch.load(os.path.join(d, f"{what}-untiled.pt")), grid)
+            runs = {"untiled": 1, "per-tile": len(grid), "shared": len(grid) * (norms[what] + 1)}[how]
+            rows.append(f"| {what} | {how} | {runs} | {res['seconds']:.1f} | "
+                        f"{res['seconds'] / seconds[what, 'untiled']:.1f}x | {close} | {tone} | "
+                        f"{res['peak_mb']:.0f} | {res['peak_mb'] - res['loaded_mb']:.0f} |")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=512)
@@ -113,25 +138,15 @@ def main() -> None:
     from tiledsr.diffusion.groupnorm import count_group_norms
     from tiledsr.diffusion.vae import _latent_grid
 
+    # 1. The grid and the model's shape
     grid = _latent_grid(args.size // 8, args.size // 8, args.tile, args.overlap, 8)
     vae = build_vae(not args.no_attention)
     params = sum(p.numel() for p in vae.parameters()) / 1e6
     norms = {"encode": count_group_norms(vae.encoder), "decode": count_group_norms(vae.decoder)}
     del vae
-    rows, results = [], {}
-    with tempfile.TemporaryDirectory() as d:
-        for what, how in JOBS:
-            cmd = [sys.executable, __file__, "--job", f"{what}:{how}", "--dir", d, "--size", str(args.size),
-                   "--tile", str(args.tile), "--overlap", str(args.overlap)] + (["--no-attention"] * args.no_attention)
-            res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-            results[what, how] = res
-            out = torch.load(os.path.join(d, f"{what}-{how}.pt"))
-            close, tone = ("reference", "-") if how == "untiled" else metrics(
-                what, out, torch.load(os.path.join(d, f"{what}-untiled.pt")), grid)
-            base = results[what, "untiled"]["seconds"]
-            runs = len(grid) * (norms[what] + 1) if how == "shared" else (len(grid) if how == "per-tile" else 1)
-            rows.append(f"| {what} | {how} | {runs} | {res['seconds']:.1f} | {res['seconds'] / base:.1f}x | {close} | "
-                        f"{tone} | {res['peak_mb']:.0f} | {res['peak_mb'] - res['loaded_mb']:.0f} |")
+    # 2. The jobs
+    rows = run_all(args, grid, norms)
+    # 3. The report
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"# bench_vae: tiled vs untiled SD-size VAE ({params:.1f}M params, random weights, "
           f"{'no attention' if args.no_attention else 'with mid-block attention'})\n")
@@ -139,9 +154,9 @@ def main() -> None:
     print(f"- machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"Python {platform.python_version()}")
     print(f"- command: `{' '.join([os.path.relpath(sys.executable)] + sys.argv)}`")
-    print(f"- image: astronaut {args.size}x{args.size}; tile {args.tile} px, overlap {args.overlap} px, context 8 latent px "
-          f"(64 px): {len(grid)} tiles of {grid.tile_h * 8} px; GroupNorms: encoder {norms['encode']}, "
-          f"decoder {norms['decode']}\n")
+    print(f"- image: astronaut {args.size}x{args.size}; tile {args.tile} px, overlap {args.overlap} px, "
+          f"context 8 latent px (64 px): {len(grid)} tiles of {grid.tile_h * 8} px; "
+          f"GroupNorms: encoder {norms['encode']}, decoder {norms['decode']}\n")
     print("| job | GroupNorm stats | tile runs | seconds | vs untiled | closeness to untiled | worst tile tone | "
           "peak RSS MB | above loaded MB |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -200,7 +200,8 @@ def tiled_encode(vae, pixels: torch.Tensor, *, tile: int, overlap: int, blend: s
     (reflect) to the next multiple: the latents then cover the padded image, so
     crop the decoded image back to H x W. ``tile``/``overlap``: input pixels,
     rounded down to multiples of f; ``context``: latent pixels (x f input pixels);
-    ``progress`` as for :func:`tiled_decode`. Deterministic (the mode, not a sample); ``vae.config.shift_factor`` is not applied.
+    ``progress`` as for :func:`tiled_decode`. Deterministic (the mode, not a
+    sample); ``vae.config.shift_factor`` is not applied.
     Returns (1, C, ceil(H/f), ceil(W/f)) float32 on the VAE's device.
     """
     # 1. Check inputs
