@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 from tiledsr.cli import main  # noqa: E402
 from tiledsr.io import read_image, write_image  # noqa: E402
 
-from tiny_models import build_tiny_latent_upscaler, build_tiny_sd, load_components  # noqa: E402
+from tiny_models import build_tiny_latent_upscaler, build_tiny_sd, build_tiny_x4_upscaler, load_components  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,11 @@ def sd(tmp_path_factory):
 @pytest.fixture(scope="module")
 def x2(tmp_path_factory):
     return build_tiny_latent_upscaler(tmp_path_factory.mktemp("tiny-x2"))
+
+
+@pytest.fixture(scope="module")
+def x4(tmp_path_factory):
+    return build_tiny_x4_upscaler(tmp_path_factory.mktemp("tiny-x4"))
 
 
 def photo(tmp_path, h=64, w=64, name="in.png"):
@@ -91,6 +96,60 @@ def test_img2img_one_tile_equals_diffusers(tmp_path, capsys, sd, guidance):
     assert np.abs(ours - as_8bit(ref)).max() <= 1
 
 
+def test_sd_x4_one_tile_equals_diffusers(tmp_path, capsys, x4):
+    from diffusers import StableDiffusionUpscalePipeline
+    from PIL import Image
+
+    src, _ = photo(tmp_path, 48, 40)
+    p = preset(tmp_path, f"tile: 4096\noverlap: 64\nstages:\n  - type: sd-x4\n    model: {x4}\n"
+                         "    prompt: a cat\n    steps: 3\n    guidance: 9\n    noise_level: 30\n")
+    code, err = run(capsys, "upscale", src, "-o", tmp_path / "out.png", "--preset", p, "--seed", "2",
+                    "--progress", "none")
+    assert code == 0, err
+    ours = read_image(tmp_path / "out.png")[0] * 255
+    pipe = StableDiffusionUpscalePipeline(**load_components(x4), max_noise_level=350)
+    ref = pipe("a cat", image=Image.open(src), num_inference_steps=3, guidance_scale=9, noise_level=30,
+               generator=torch.Generator("cpu").manual_seed(2), output_type="np").images[0]
+    assert ours.shape == (192, 160, 3)
+    assert np.abs(ours - as_8bit(ref)).max() <= 1
+
+
+def test_tiled_sd_x4_from_the_cli_keeps_alpha_and_reports_tiles(tmp_path, capsys, x4):
+    _, img = photo(tmp_path, 24, 36)
+    rgba = np.concatenate([img, np.linspace(0, 1, 24 * 36, dtype=np.float32).reshape(24, 36, 1)], axis=2)
+    write_image(tmp_path / "rgba.png", rgba)
+    p = preset(tmp_path, f"tile: 64\noverlap: 16\nstages:\n  - type: sd-x4\n    model: {x4}\n    steps: 2\n")
+    code, err = run(capsys, "upscale", tmp_path / "rgba.png", "-o", tmp_path / "o.png", "--preset", p,
+                    "--progress", "json")
+    assert code == 0, err
+    events = [json.loads(line) for line in err.splitlines()]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == ["sd-x4", "decode"]
+    steps = {(e["step"], e["tiles"]) for e in events if e["event"] == "progress" and e.get("stage") == "sd-x4"}
+    assert steps == {(1, 6), (2, 6)}  # 24 x 36 latents (= input px) in 16-px tiles (64 output px / 4): 2 x 3
+    out = read_image(tmp_path / "o.png")[0]
+    assert out.shape == (96, 144, 4)
+    assert np.abs(out[..., 3].mean() - 0.5) < 0.01  # alpha resized on its own, not diffused
+
+
+def test_tiled_sd_x4_is_deterministic_and_order_and_batch_free(x4):
+    from tiledsr.diffusion.text import encode_sd_prompt
+    from tiledsr.diffusion.x4_upscale import upscale_x4_latents
+
+    c = load_components(x4)
+    embeds = encode_sd_prompt(c["tokenizer"], c["text_encoder"], "a cat", guidance=4)
+    image = torch.rand(1, 3, 28, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def up(**kw):
+        return upscale_x4_latents(c["unet"], c["scheduler"], c["low_res_scheduler"], image, embeds, steps=2,
+                                  guidance=4, noise_level=20, seed=7, tile=16, overlap=4, **kw)
+
+    ref = up()
+    assert ref.shape == (1, 4, 28, 40)
+    assert torch.equal(ref, up())  # two runs: bit-identical
+    assert torch.equal(ref, up(order=[5, 2, 0, 4, 3, 1]))  # 2 x 3 tiles in another order: bit-identical
+    assert (ref - up(batch=4)).abs().max() <= 1e-4  # batch shape: the UNet's own float rounding only
+
+
 def test_txt2img_source_equals_diffusers(tmp_path, capsys, sd):
     from diffusers import StableDiffusionPipeline
 
@@ -158,7 +217,7 @@ def test_missing_diffusion_model_exits_3(tmp_path, capsys):
     assert code == 3 and "tiledsr models fetch stabilityai/sd-x2-latent-upscaler" in err
 
 
-@pytest.mark.parametrize("name", ["sd-latent-x2", "refine", "txt2img-x4", "poster-x8"])
+@pytest.mark.parametrize("name", ["sd-latent-x2", "sd-x4", "refine", "txt2img-x4", "poster-x8"])
 def test_diffusion_presets_plan_offline(capsys, name):
     sample = str(Path(__file__).resolve().parents[1] / "examples" / "sample.png")
     argv = ["plan", "--preset", name] + ([] if name == "txt2img-x4" else [sample])

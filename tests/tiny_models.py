@@ -1,6 +1,6 @@
 """Tiny random-weight diffusion components saved in the diffusers folder layout.
 
-``build_tiny_sd(dir)`` and ``build_tiny_latent_upscaler(dir)`` write ``unet/``,
+``build_tiny_sd(dir)``, ``build_tiny_latent_upscaler(dir)`` and ``build_tiny_x4_upscaler(dir)`` write ``unet/``,
 ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/`` under ``dir`` so
 that ``Cls.from_pretrained(dir, subfolder=...)`` loads them offline, like a hub
 repository. Weights are seeded, so a folder built twice holds the same model.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build_tiny_latent_upscaler", "build_tiny_sd", "load_components"]
+__all__ = ["build_tiny_latent_upscaler", "build_tiny_sd", "build_tiny_x4_upscaler", "load_components"]
 
 MAX_TOKENS = 16  # CLIP max_position_embeddings of the tiny text encoder
 
@@ -102,9 +102,35 @@ def build_tiny_latent_upscaler(root: str | Path) -> Path:
     return root
 
 
+def build_tiny_x4_upscaler(root: str | Path) -> Path:
+    """stable-diffusion-x4-upscaler-like components (7-in UNet with noise-level class embedding, multiple 4,
+    DDIM v-prediction; a 3-block VAE, 4x, scaling 0.08333; a DDPM ``low_res_scheduler/``); returns ``root``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+    root = Path(root)
+    _save_common(root)
+    torch.manual_seed(0)
+    AutoencoderKL(latent_channels=4, block_out_channels=[32, 32, 64], down_block_types=["DownEncoderBlock2D"] * 3,
+                  up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=1, norm_num_groups=32,
+                  scaling_factor=0.08333).save_pretrained(root / "vae")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=7, out_channels=4, block_out_channels=(32, 32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, use_linear_projection=True, num_class_embeds=100)
+    unet.save_pretrained(root / "unet")
+    DDIMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02,
+                  clip_sample=False, set_alpha_to_one=False, steps_offset=1).save_pretrained(root / "scheduler")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02).save_pretrained(
+        root / "low_res_scheduler")
+    return root
+
+
 def load_components(root: str | Path, scheduler_cls=None) -> dict:
-    """Load ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` from ``root`` (offline, eval mode)."""
-    from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+    """Load ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` (and ``low_res_scheduler`` if
+    present) from ``root`` (offline, eval mode)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     root = Path(root)
@@ -120,4 +146,5 @@ def load_components(root: str | Path, scheduler_cls=None) -> dict:
         "text_encoder": CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval(),
         "tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
         "scheduler": scheduler_cls.from_pretrained(root, subfolder="scheduler"),
-    }
+    } | ({"low_res_scheduler": DDPMScheduler.from_pretrained(root, subfolder="low_res_scheduler")}
+         if (root / "low_res_scheduler").is_dir() else {})

@@ -32,6 +32,7 @@ class Components:
     scheduler: Any
     device: Any
     dtype: Any
+    low_res_scheduler: Any = None  # the x4 upscaler's DDPM scheduler that noises its input; else None
 
 
 def torch_dtype(precision: str, device: str):
@@ -86,7 +87,7 @@ def load_components(model: str, device: str, precision: str = "auto") -> Compone
     for name in ("unet", "text_encoder", "vae"):
         parts[name].to(dev).eval()
     comp = Components(model, parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
-                      parts["scheduler"], dev, dtype)
+                      parts["scheduler"], dev, dtype, parts["low_res_scheduler"])
     _CACHE[key] = comp
     return comp
 
@@ -103,13 +104,16 @@ def _quiet_libraries() -> None:
 
 def _load_parts(source: str, dtype) -> dict[str, Any]:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     _quiet_libraries()
     offline = {"local_files_only": True}
-    scheduler_config = DDIMScheduler.load_config(source, subfolder="scheduler", **offline)  # any class reads the dict
-    scheduler = _scheduler_class(scheduler_config).from_config(scheduler_config)
+    scheduler = _load_scheduler(source, "scheduler")
+    try:
+        low_res_scheduler = _load_scheduler(source, "low_res_scheduler")
+    except OSError:  # only the x4 upscaler has one
+        low_res_scheduler = None
     return {
         "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **offline),
         "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **offline),
@@ -117,7 +121,15 @@ def _load_parts(source: str, dtype) -> dict[str, Any]:
                                                       **offline),
         "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **offline),
         "scheduler": scheduler,
+        "low_res_scheduler": low_res_scheduler,
     }
+
+
+def _load_scheduler(source: str, subfolder: str):
+    from diffusers import DDIMScheduler
+
+    config = DDIMScheduler.load_config(source, subfolder=subfolder, local_files_only=True)  # any class reads it
+    return _scheduler_class(config).from_config(config)
 
 
 def _scheduler_class(config: dict):

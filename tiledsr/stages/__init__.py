@@ -18,6 +18,7 @@ _BUILTIN = {
     "sr": "tiledsr.stages.sr:SRStage",
     "latent-x2": "tiledsr.stages.latent_x2:LatentX2Stage",
     "img2img": "tiledsr.stages.img2img:Img2ImgStage",
+    "sd-x4": "tiledsr.stages.sd_x4:SDX4Stage",
     "txt2img": "tiledsr.stages.txt2img:Txt2ImgStage",
     "colorfix": "tiledsr.stages.colorfix:ColorfixStage",
 }

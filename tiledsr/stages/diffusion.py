@@ -43,6 +43,7 @@ class DiffusionStage(Stage):
     """Base for stages built on diffusers components; loads them in ``load()``."""
 
     unet_multiple = 8  # latent pixels the UNet needs tiles to be multiples of (refined at load)
+    factor = VAE_FACTOR  # output pixels per latent pixel (refined at load from the VAE)
     prompt_kind = "sd"  # "sd" or "upscaler": how the prompt is embedded
 
     def load(self) -> None:
@@ -65,22 +66,22 @@ class DiffusionStage(Stage):
 
     def latent_tiling(self) -> dict[str, Any]:
         """tile / overlap / blend / batch for the loop, converted from output pixels to latent pixels."""
-        f = getattr(self, "factor", VAE_FACTOR)
-        t = self.tiling
+        f, t = self.factor, self.tiling
         tile = max(2 * self.unet_multiple, t.tile // f)  # the UNet's deepest level needs >= 2x2
         return {"tile": tile, "overlap": min(t.overlap // f, tile - 1), "blend": t.blend, "batch": t.batch}
 
     def grid(self, height: int, width: int) -> TileGrid:
         oh, ow = self.output_size(height, width)
-        m = VAE_FACTOR * self.unet_multiple
+        m = self.factor * self.unet_multiple
         tile = max(2 * m, self.tiling.tile - self.tiling.tile % m)
         return make_grid(oh, ow, tile, min(self.tiling.overlap, tile - m), m)
 
     def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
         oh, ow = self.output_size(height, width)
         g = self.grid(height, width)
-        # Rough: UNet activations ~ 6 KB per output pixel of a tile batch at fp32 (SD-size UNet).
-        return {"tile": 6 * 1024 * g.tile_h * g.tile_w * self.tiling.batch, "canvas": oh * ow * (channels * 8 + 8)}
+        # Rough: UNet activations ~ 400 KB per latent pixel of a tile batch at fp32 (SD-size UNet).
+        per_pixel = 400 * 1024 // self.factor**2
+        return {"tile": per_pixel * g.tile_h * g.tile_w * self.tiling.batch, "canvas": oh * ow * (channels * 8 + 8)}
 
     def scheduler(self):
         """A fresh scheduler: the model's own, or the one named in the config."""
