@@ -15,7 +15,7 @@ import torch
 
 from ..errors import InputError
 from ..tiling import Tile
-from .loop import Progress, denoise, latent_grid, step_kwargs, unet_multiple
+from .loop import Progress, denoise, guide, latent_grid, step_kwargs, unet_multiple
 from .noise import draw_noise, seeded_generator
 from .text import PromptEmbeds
 
@@ -42,10 +42,7 @@ def _predictor(unet, scheduler, embeds: PromptEmbeds, guidance: float):
     def predict(x: torch.Tensor, tiles: Sequence[Tile], t: torch.Tensor) -> torch.Tensor:
         x_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
         eps = unet(x_in, t, encoder_hidden_states=embeds.hidden_batch(len(tiles), guided), return_dict=False)[0]
-        if guided:
-            uncond, text = eps.chunk(2)
-            eps = uncond + guidance * (text - uncond)
-        return eps
+        return guide(eps, guidance) if guided else eps
 
     return predict
 

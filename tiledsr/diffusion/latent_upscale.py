@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..tiling import Tile
-from .loop import Progress, denoise, latent_grid, step_kwargs, unet_multiple
+from .loop import Progress, denoise, guide, latent_grid, step_kwargs, unet_multiple
 from .noise import draw_noise, seeded_generator
 from .text import PromptEmbeds
 
@@ -69,10 +69,7 @@ def _predictor(unet, scheduler, cond: torch.Tensor, embeds: PromptEmbeds, guidan
         out = unet(torch.cat([scaled, c], dim=1), torch.log(sigma) * 0.25,
                    encoder_hidden_states=embeds.hidden_batch(n, guided), timestep_cond=t_cond).sample[:, :-1]
         denoised = 1 / (sigma**2 + 1) * x_in + scheduler.scale_model_input(sigma, t) * out
-        if guided:
-            uncond, text = denoised.chunk(2)
-            denoised = uncond + guidance * (text - uncond)
-        return denoised
+        return guide(denoised, guidance) if guided else denoised
 
     return predict
 

@@ -6,8 +6,9 @@ noise prediction for SD, the guided denoised sample for the x2 upscaler) is
 blended into one full-canvas tensor with feathered weights, and ONE
 ``scheduler.step`` advances the whole canvas (Bar-Tal et al. 2023,
 "MultiDiffusion": the fused update is the per-pixel weighted average of the
-per-tile updates; Jiménez 2023, "Mixture of Diffusers", for gaussian weights). Since ``scheduler.step`` is affine in the model output
-for the deterministic samplers, blending the output equals blending per-tile
+per-tile updates; Jiménez 2023, "Mixture of Diffusers", for gaussian
+weights). Since ``scheduler.step`` is affine in the model output for the
+deterministic samplers, blending the output equals blending per-tile
 updates, and multistep schedulers keep a single, consistent history.
 
 Predictions are kept per tile and summed in tile-index order, so the fusion
@@ -28,7 +29,8 @@ from ..errors import InputError
 from ..tiling import BLENDS, Tile, TileGrid, tile_weights
 from ..tiling.grid import axis_starts
 
-__all__ = ["Blender", "Progress", "TilePredict", "denoise", "latent_grid", "step_kwargs", "unet_multiple"]
+__all__ = ["Blender", "Progress", "TilePredict", "denoise", "guide", "latent_grid", "step_kwargs",
+           "unet_multiple"]
 
 TilePredict = Callable[[torch.Tensor, Sequence[Tile], torch.Tensor], torch.Tensor]
 """``predict(x, tiles, t) -> out``: noisy latent crops x (N, C, h, w) of ``tiles`` at timestep ``t``
@@ -73,6 +75,12 @@ def latent_grid(height: int, width: int, tile: int, overlap: int, multiple: int)
     th, ys = _axis(height, tile, overlap, m)
     tw, xs = _axis(width, tile, overlap, m)
     return TileGrid(height, width, th, tw, overlap, ys, xs)
+
+
+def guide(out: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: (2N, ...) as [uncond]*N + [cond]*N -> uncond + guidance * (cond - uncond), (N, ...)."""
+    uncond, cond = out.chunk(2)
+    return uncond + guidance * (cond - uncond)
 
 
 def step_kwargs(scheduler, generator: torch.Generator | None, eta: float = 0.0) -> dict:

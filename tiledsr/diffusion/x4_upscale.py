@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..tiling import Tile
-from .loop import Progress, denoise, latent_grid, step_kwargs, unet_multiple
+from .loop import Progress, denoise, guide, latent_grid, step_kwargs, unet_multiple
 from .noise import draw_noise, seeded_generator
 from .text import PromptEmbeds
 
@@ -53,10 +53,7 @@ def _predictor(unet, scheduler, cond: torch.Tensor, level: torch.Tensor, embeds:
         c = torch.cat([c, c]) if guided else c
         out = unet(torch.cat([x_in, c], dim=1), t, encoder_hidden_states=embeds.hidden_batch(n, guided),
                    class_labels=level.expand(x_in.shape[0]), return_dict=False)[0]
-        if guided:
-            uncond, text = out.chunk(2)
-            out = uncond + guidance * (text - uncond)
-        return out
+        return guide(out, guidance) if guided else out
 
     return predict
 

@@ -44,7 +44,8 @@ class Txt2ImgStage(DiffusionStage):
         from ..diffusion.img2img import txt2img_latents
 
         c, comp = self.config, self.components
-        lat = txt2img_latents(comp.unet, self.scheduler(), c.height // self.factor, c.width // self.factor, self.embeds, steps=c.steps,
+        f = self.factor
+        lat = txt2img_latents(comp.unet, self.scheduler(), c.height // f, c.width // f, self.embeds, steps=c.steps,
                               guidance=c.guidance, seed=self.seed, progress=self.step_report(report),
                               **self.latent_tiling())
         return Latents(lat, self.codec, (c.height, c.width))
