@@ -145,7 +145,37 @@ def test_progress_reports_every_tile_run(vae, shared_norm):
     assert tiles > 1 and calls == [(i, runs) for i in range(1, runs + 1)]
 
 
-def test_vae_is_left_unmodified_also_after_a_cancel(vae):
+def test_one_pass_statistics_equal_the_sweeps(vae, latents):
+    """Pausing every tile at each GroupNorm gives the sweeps' statistics, hence the very same output."""
+    sweep = tiled_decode(vae, latents, tile=TILE, overlap=OVERLAP, one_pass=False)
+    assert torch.equal(tiled_decode(vae, latents, tile=TILE, overlap=OVERLAP, one_pass=True), sweep)
+    assert torch.equal(tiled_decode(vae, latents, tile=TILE, overlap=OVERLAP), sweep)  # auto: one pass fits
+    px = photo(128)
+    assert torch.equal(tiled_encode(vae, px, tile=64, overlap=16, one_pass=True),
+                       tiled_encode(vae, px, tile=64, overlap=16, one_pass=False))
+
+
+def test_one_pass_refuses_modules_it_cannot_pause_in_and_auto_falls_back(vae, monkeypatch):
+    from tiledsr.diffusion import onepass
+
+    block = nn.Sequential(nn.Conv2d(4, 32, 1), nn.GroupNorm(8, 32))
+    with pytest.raises(onepass.Unsupported):
+        onepass.one_pass(block, [(lambda: torch.zeros(1, 4, 8, 8), ((8, 8), (0, 8, 0, 8)))], lambda i, out: None)
+    z = torch.randn(1, 4, 13, 21, generator=torch.Generator().manual_seed(0))
+    sweep = tiled_decode(vae, z, tile=64, overlap=16, one_pass=False)
+
+    def unsupported(m, x):
+        raise onepass.Unsupported("test")
+        yield
+
+    monkeypatch.setattr(onepass, "program", unsupported)
+    assert torch.equal(tiled_decode(vae, z, tile=64, overlap=16), sweep)
+    with pytest.raises(onepass.Unsupported):
+        tiled_decode(vae, z, tile=64, overlap=16, one_pass=True)
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_vae_is_left_unmodified_also_after_a_cancel(vae, one_pass):
     z = torch.zeros(1, 4, 13, 21)
     before = untiled_decode(vae, z)
     norms = [m for m in vae.modules() if isinstance(m, nn.GroupNorm)]
@@ -153,11 +183,11 @@ def test_vae_is_left_unmodified_also_after_a_cancel(vae):
     tiled_decode(vae, z, tile=64, overlap=16)
 
     def cancel(done, total):
-        if done == 7:
+        if done == 3 * len(_latent_grid(13, 21, 64, 16, 8)) + 1:  # inside the fourth GroupNorm's round or sweep
             raise Cancelled("stop")
 
     with pytest.raises(Cancelled):
-        tiled_decode(vae, z, tile=64, overlap=16, progress=cancel)
+        tiled_decode(vae, z, tile=64, overlap=16, one_pass=one_pass, progress=cancel)
     assert [m for m in vae.modules() if isinstance(m, nn.GroupNorm)] == norms
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in vae.modules())
     assert torch.equal(untiled_decode(vae, z), before)

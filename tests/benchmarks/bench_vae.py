@@ -8,7 +8,8 @@ closeness does (random attention mixes far more globally than a trained one may)
 photo (skimage's astronaut, area-downscaled to --size) is encoded untiled; those latents are
 decoded untiled and tiled. Each job runs in its own subprocess so that its peak RSS
 (ru_maxrss) is its own. Prints a markdown table of, for encode and decode each:
-  * seconds, untiled vs tiled with per-tile GroupNorm statistics vs shared (exact) statistics;
+  * seconds, untiled vs tiled with per-tile GroupNorm statistics vs shared (exact) statistics,
+    found in one lockstep pass (every tile pauses at each GroupNorm) or by one sweep per GroupNorm;
   * closeness to untiled: PSNR of the decoded image (8-bit scale), or relative RMSE of latents;
   * the largest per-tile tone difference: mean over each tile's core (the region it owns) of
     tiled minus untiled, largest over tiles and channels, in 8-bit levels (latents: in latent stds);
@@ -33,8 +34,9 @@ import time
 import numpy as np
 import torch
 
-JOBS = [("encode", "untiled"), ("encode", "per-tile"), ("encode", "shared"),
-        ("decode", "untiled"), ("decode", "per-tile"), ("decode", "shared")]
+# how the GroupNorm statistics are found: untiled run, per tile, shared in one lockstep pass, shared by sweeps
+HOWS = ("untiled", "per-tile", "one-pass", "sweeps")
+JOBS = [(what, how) for what in ("encode", "decode") for how in HOWS]
 
 
 def build_vae(attention: bool):
@@ -75,7 +77,8 @@ def run_job(args) -> None:
             out = vae.encode(src).latent_dist.mode() * sf if what == "encode" else vae.decode(src).sample
         else:
             fn = tiled_encode if what == "encode" else tiled_decode
-            out = fn(vae, src, tile=args.tile, overlap=args.overlap, shared_norm=how == "shared")
+            out = fn(vae, src, tile=args.tile, overlap=args.overlap, shared_norm=how != "per-tile",
+                     one_pass=how == "one-pass")
     seconds = time.perf_counter() - t0
     torch.save(out, os.path.join(args.dir, f"{what}-{how}.pt"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -105,7 +108,7 @@ def run_all(args, grid, norms: dict[str, int]) -> list[str]:
     """Every job in a subprocess of its own; one markdown table row each."""
     rows, seconds = [], {}
     with tempfile.TemporaryDirectory() as d:
-        for what, how in JOBS:
+        for what, how in [(w, h) for w, h in JOBS if h in args.hows.split(",")]:
             cmd = [sys.executable, __file__, "--job", f"{what}:{how}", "--dir", d, "--size", str(args.size),
                    "--tile", str(args.tile), "--overlap", str(args.overlap)]
             cmd += ["--no-attention"] if args.no_attention else []
@@ -116,7 +119,7 @@ def run_all(args, grid, norms: dict[str, int]) -> list[str]:
             out = torch.load(os.path.join(d, f"{what}-{how}.pt"))
             close, tone = ("reference", "-") if how == "untiled" else metrics(
                 what, out, torch.load(os.path.join(d, f"{what}-untiled.pt")), grid)
-            runs = {"untiled": 1, "per-tile": len(grid), "shared": len(grid) * (norms[what] + 1)}[how]
+            runs = {"untiled": 1, "sweeps": len(grid) * (norms[what] + 1)}.get(how, len(grid))
             rows.append(f"| {what} | {how} | {runs} | {res['seconds']:.1f} | "
                         f"{res['seconds'] / seconds[what, 'untiled']:.1f}x | {close} | {tone} | "
                         f"{res['peak_mb']:.0f} | {res['peak_mb'] - res['loaded_mb']:.0f} |")
@@ -128,6 +131,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--hows", default=",".join(HOWS), help=f"comma-separated subset of {','.join(HOWS)}")
     p.add_argument("--no-attention", action="store_true", help="drop the mid-block attention (shows what is left)")
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
@@ -157,7 +161,7 @@ def main() -> None:
     print(f"- image: astronaut {args.size}x{args.size}; tile {args.tile} px, overlap {args.overlap} px, "
           f"context 8 latent px (64 px): {len(grid)} tiles of {grid.tile_h * 8} px; "
           f"GroupNorms: encoder {norms['encode']}, decoder {norms['decode']}\n")
-    print("| job | GroupNorm stats | tile runs | seconds | vs untiled | closeness to untiled | worst tile tone | "
+    print("| job | GroupNorm stats | tile passes | seconds | vs untiled | closeness to untiled | worst tile tone | "
           "peak RSS MB | above loaded MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

@@ -35,8 +35,8 @@ from torch import nn
 from ..errors import TiledsrError
 
 __all__ = [
-    "FrozenGroupNorm", "NormStats", "Region", "count_group_norms", "frozen_group_norms", "record_group_norm_stats",
-    "sweep_stats",
+    "CoreSums", "FrozenGroupNorm", "NormStats", "Region", "count_group_norms", "frozen_group_norms", "group_norms",
+    "record_group_norm_stats", "sweep_stats",
 ]
 
 # name of each GroupNorm inside the root module -> (mean, var), each (groups,) float32 on its device
@@ -45,13 +45,14 @@ NormStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
 Region = tuple[tuple[int, int], tuple[int, int, int, int]]
 
 
-def _group_norms(root: nn.Module) -> list[tuple[str, nn.GroupNorm]]:
+def group_norms(root: nn.Module) -> list[tuple[str, nn.GroupNorm]]:
+    """(name, module) of every GroupNorm under ``root``, in registration order."""
     return [(n, m) for n, m in root.named_modules() if isinstance(m, nn.GroupNorm)]
 
 
 def count_group_norms(root: nn.Module) -> int:
     """Number of GroupNorm modules under ``root`` (= sweeps :func:`sweep_stats` makes)."""
-    return len(_group_norms(root))
+    return len(group_norms(root))
 
 
 @contextmanager
@@ -69,7 +70,7 @@ def record_group_norm_stats(root: nn.Module) -> Iterator[NormStats]:
         return hook
 
     try:
-        for name, gn in _group_norms(root):
+        for name, gn in group_norms(root):
             handles.append(gn.register_forward_pre_hook(hook_for(name, gn)))
         yield stats
     finally:
@@ -104,7 +105,7 @@ def frozen_group_norms(root: nn.Module, stats: NormStats) -> Iterator[None]:
     """Swap each GroupNorm under ``root`` named in ``stats`` for a :class:`FrozenGroupNorm`; put them back on exit."""
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
-        for name, gn in _group_norms(root):
+        for name, gn in group_norms(root):
             if name in stats:
                 parent_name, _, child = name.rpartition(".")
                 parent = root.get_submodule(parent_name)
@@ -120,7 +121,7 @@ class _Stop(Exception):
     """Raised from a hook to end a forward at the GroupNorm being measured."""
 
 
-class _Sums:
+class CoreSums:
     """Count, mean and sum of squared deviations per group of one GroupNorm's input over tile cores.
 
     Each tile's core is reduced in float32 without a copy (a strided view);
@@ -165,13 +166,13 @@ class _Sums:
 
 
 def _sweep(root: nn.Module, stats: NormStats, tiles: Iterable[tuple[Callable[[], object], Region]],
-           on_run: Callable[[], None] | None) -> _Sums:
+           on_run: Callable[[], None] | None) -> CoreSums:
     """One sweep: every tile up to the first GroupNorm not in ``stats``; returns its sums (name None if none)."""
-    sums = _Sums()
+    sums = CoreSums()
     handles = []
     try:
         with frozen_group_norms(root, stats):
-            for name, gn in _group_norms(root):  # the frozen ones are no longer listed
+            for name, gn in group_norms(root):  # the frozen ones are no longer listed
                 handles.append(gn.register_forward_pre_hook(sums.hook(name, gn)))
             for run, region in tiles:
                 sums.region = region
