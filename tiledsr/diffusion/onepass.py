@@ -99,12 +99,9 @@ def _started(root: nn.Module, make: Callable[[], torch.Tensor]) -> Program:
     return (yield from program(root, make()))
 
 
-def _stash(t: torch.Tensor) -> torch.Tensor:
-    return t if t.device.type == "cpu" else t.to("cpu")
-
-
 def one_pass(root: nn.Module, tiles: Sequence[tuple[Callable[[], torch.Tensor], Region]],
-             finish: Callable[[int, torch.Tensor], None], on_run: Callable[[], None] | None = None) -> NormStats:
+             finish: Callable[[int, torch.Tensor], None], on_run: Callable[[], None] | None = None, *,
+             offload: bool = True) -> NormStats:
     """Run ``root`` on every tile in lockstep, GroupNorms sharing whole-image statistics; return them.
 
     ``tiles[i]`` is (a thunk making tile i's input on the model's device, its
@@ -112,13 +109,17 @@ def one_pass(root: nn.Module, tiles: Sequence[tuple[Callable[[], torch.Tensor], 
     receives tile i's output as soon as it is done. ``on_run()`` is called
     after every tile segment: tiles x (GroupNorms + 1) calls in all. Raises
     :class:`Unsupported` before any tile has passed a module it cannot pause in
-    (the first tile meets it first); ``root`` is left unmodified.
+    (the first tile meets it first); ``root`` is left unmodified. ``offload``:
+    keep the paused tensors in host memory (else where the model computes).
     """
     names = {id(gn): name for name, gn in group_norms(root)}
     stats: NormStats = {}
     programs = [_started(root, make) for make, _ in tiles]
     paused: list[Pause | None] = [None] * len(tiles)
     device = None
+
+    def stash(t: torch.Tensor) -> torch.Tensor:
+        return t.to("cpu") if offload else t
 
     def advance(i: int, send) -> None:
         try:
@@ -127,7 +128,7 @@ def one_pass(root: nn.Module, tiles: Sequence[tuple[Callable[[], torch.Tensor], 
             paused[i] = None
             finish(i, done.value)
         else:
-            paused[i] = (gn, _stash(x), tuple(_stash(k) for k in keep))
+            paused[i] = (gn, stash(x), tuple(stash(k) for k in keep))
             nonlocal device
             device = device or x.device
         if on_run is not None:
@@ -144,7 +145,7 @@ def one_pass(root: nn.Module, tiles: Sequence[tuple[Callable[[], torch.Tensor], 
         for (_, region), (_, x, _) in zip(tiles, paused):
             sums.region = region
             sums.add(names[id(gn)], gn, x)
-        stats[names[id(gn)]] = sums.result()
+        stats[names[id(gn)]] = tuple(t.to(gn.weight.device if gn.affine else device) for t in sums.result())
         # 2. Freeze it and let every tile run on to the next GroupNorm (or its end)
         with frozen_group_norms(root, stats):
             for i, (_, x, keep) in enumerate(paused):

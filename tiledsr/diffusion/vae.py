@@ -180,7 +180,15 @@ def _host_budget() -> int:
         return 4 << 30
 
 
-def _one_pass(job: _Job, blend: str, tick: Callable[[], None]) -> torch.Tensor:
+def _device_free(module: torch.nn.Module) -> int:
+    """Free memory of the CUDA device ``module`` runs on (0 on other devices)."""
+    device = next(module.parameters()).device
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def _one_pass(job: _Job, blend: str, tick: Callable[[], None], state_bytes: int) -> torch.Tensor:
     """Shared statistics in one lockstep pass over the tiles (see :mod:`.onepass`)."""
     asm = _Assembler(job.grid, job.f_out, blend)
 
@@ -189,7 +197,8 @@ def _one_pass(job: _Job, blend: str, tick: Callable[[], None]) -> torch.Tensor:
         asm.add(t, oy, ox, job.post(out))
 
     tiles = [((lambda i=i: job.pre(job.crop(i))), w[3]) for i, w in enumerate(job.windows)]
-    run_one_pass(job.module, tiles, finish, tick)
+    # paused tensors stay on an accelerator if they fit in half its free memory, else wait on the host
+    run_one_pass(job.module, tiles, finish, tick, offload=state_bytes > _device_free(job.module) // 2)
     return asm.result()
 
 
@@ -219,9 +228,10 @@ def _tiled(job: _Job, blend: str, shared_norm: bool, one_pass_mode: bool | None,
         return job.blend(blend, tick, each_tile())
 
     # 2. Exact whole-image statistics in one lockstep pass, if its host memory fits
-    if one_pass_mode or (one_pass_mode is None and job.state_bytes(channels) <= _host_budget()):
+    state = job.state_bytes(channels)
+    if one_pass_mode or (one_pass_mode is None and state <= max(_host_budget(), _device_free(module) // 2)):
         try:
-            return _one_pass(job, blend, tick)
+            return _one_pass(job, blend, tick, state)
         except Unsupported:
             if one_pass_mode:
                 raise
