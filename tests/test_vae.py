@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tiledsr.diffusion.groupnorm import count_group_norms, record_group_norm_stats
-from tiledsr.diffusion.vae import _latent_grid, tiled_decode, tiled_encode
+from tiledsr.diffusion.vae import _latent_grid, one_pass_bytes, tiled_decode, tiled_encode
 from tiledsr.errors import Cancelled, InputError
 
 TILE, OVERLAP = 128, 32  # output pixels: a 256 x 256 image gets 3 x 3 tiles
@@ -172,6 +172,15 @@ def test_one_pass_refuses_modules_it_cannot_pause_in_and_auto_falls_back(vae, mo
     assert torch.equal(tiled_decode(vae, z, tile=64, overlap=16), sweep)
     with pytest.raises(onepass.Unsupported):
         tiled_decode(vae, z, tile=64, overlap=16, one_pass=True)
+
+
+def test_one_pass_memory_estimate_for_planning():
+    assert one_pass_bytes(512, 512, tile=1024, overlap=128) == 0  # one tile: a plain run, nothing paused
+    small = one_pass_bytes(2048, 2048, tile=1024, overlap=128)
+    big = one_pass_bytes(4096, 4096, tile=1024, overlap=128)
+    assert 3.5 < big / small < 4.5  # grows with the area (windows add their context)
+    assert small > 4 * 128 * 4 * 2048 * 2048  # at least four full-resolution activations, plus the context
+    assert one_pass_bytes(2048, 2048, tile=1024, overlap=128, context=0) < small
 
 
 @pytest.mark.parametrize("one_pass", [True, False])

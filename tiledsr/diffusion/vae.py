@@ -38,7 +38,8 @@ from ..tiling import BLENDS, Canvas, Tile, TileGrid, make_grid, tile_weights, wi
 from .groupnorm import Region, count_group_norms, frozen_group_norms, sweep_stats
 from .onepass import Unsupported, one_pass as run_one_pass
 
-__all__ = ["DECODE_CONTEXT", "ENCODE_CONTEXT", "scale_factor", "tiled_decode", "tiled_encode"]
+__all__ = ["DECODE_CONTEXT", "ENCODE_CONTEXT", "one_pass_bytes", "one_pass_fits", "scale_factor", "tiled_decode",
+           "tiled_encode"]
 
 Progress = Callable[[int, int], None]
 TileFn = Callable[[torch.Tensor], torch.Tensor]
@@ -154,11 +155,10 @@ class _Job:
         return self.post(self.module(self.pre(self.crop(i))))
 
     def state_bytes(self, channels: int) -> int:
-        """Host memory the one-pass mode holds at its peak, for every window: the paused full-resolution
-        tensors, up to 3x ``channels`` (the VAE's first block width; measured 2.0 GB for the SD VAE's
-        512 px decode in 9 windows of 320 px, this gives 1.9 GB), plus working memory."""
-        px = sum(yh * xw for _, (_, yh, _), (_, xw, _), _ in self.windows) * max(self.f_in, self.f_out) ** 2
-        return 4 * px * channels * next(self.module.parameters()).element_size()
+        """Host memory of the one-pass mode: see :func:`one_pass_bytes`."""
+        areas = sum(yh * xw for _, (_, yh, _), (_, xw, _), _ in self.windows)
+        return _state_bytes(areas * max(self.f_in, self.f_out) ** 2, channels,
+                            next(self.module.parameters()).element_size())
 
     def blend(self, blend: str, tick: Callable[[], None], outputs: Iterator[tuple[int, torch.Tensor]]) -> torch.Tensor:
         """Blend ``outputs`` (tile index, post-processed window output) into the canvas."""
@@ -168,6 +168,32 @@ class _Job:
             asm.add(t, oy, ox, out)
             tick()
         return asm.result()
+
+
+def _state_bytes(window_pixels: int, channels: int, itemsize: int) -> int:
+    """Paused full-resolution tensors of the one-pass mode, up to about 3x ``channels`` per window pixel,
+    plus working memory: 4x (measured 2.0 GB for the SD VAE's 512 px decode in 9 windows of 320 px;
+    this gives 1.9 GB)."""
+    return 4 * window_pixels * channels * itemsize
+
+
+def one_pass_bytes(height: int, width: int, *, tile: int, overlap: int, f: int = 8, channels: int = 128,
+                   context: int = DECODE_CONTEXT, itemsize: int = 4) -> int:
+    """Host bytes a one-pass tiled decode (or encode) of a ``height`` x ``width`` pixel image holds.
+
+    ``channels``: the VAE's first block width (128 for SD's); the other arguments
+    as for :func:`tiled_decode`. Needs no model (for planning).
+    """
+    grid = _latent_grid(-(-height // f), -(-width // f), tile, overlap, f)
+    if len(grid) == 1:
+        return 0
+    areas = sum(yh * xw for _, (_, yh, _), (_, xw, _), _ in _windows(grid, context))
+    return _state_bytes(areas * f * f, channels, itemsize)
+
+
+def one_pass_fits(state_bytes: int) -> bool:
+    """True if the one-pass mode's host memory fits in half the memory available now."""
+    return state_bytes <= _host_budget()
 
 
 def _host_budget() -> int:
@@ -229,7 +255,7 @@ def _tiled(job: _Job, blend: str, shared_norm: bool, one_pass_mode: bool | None,
 
     # 2. Exact whole-image statistics in one lockstep pass, if its host memory fits
     state = job.state_bytes(channels)
-    if one_pass_mode or (one_pass_mode is None and state <= max(_host_budget(), _device_free(module) // 2)):
+    if one_pass_mode or (one_pass_mode is None and (one_pass_fits(state) or state <= _device_free(module) // 2)):
         try:
             return _one_pass(job, blend, tick, state)
         except Unsupported:

@@ -81,7 +81,18 @@ class DiffusionStage(Stage):
         g = self.grid(height, width)
         # Rough: UNet activations ~ 400 KB per latent pixel of a tile batch at fp32 (SD-size UNet).
         per_pixel = 400 * 1024 // self.factor**2
-        return {"tile": per_pixel * g.tile_h * g.tile_w * self.tiling.batch, "canvas": oh * ow * (channels * 8 + 8)}
+        unet = per_pixel * g.tile_h * g.tile_w * self.tiling.batch
+        return {"tile": max(unet, self.vae_memory(oh, ow)), "canvas": oh * ow * (channels * 8 + 8)}
+
+    def vae_memory(self, height: int, width: int) -> int:
+        """Bytes the tiled VAE holds to decode (or encode) a ``height`` x ``width`` image at this stage's
+        tiling: the one-pass mode's paused tensors when they fit in memory, else one window's activations."""
+        from ..diffusion.vae import DECODE_CONTEXT, one_pass_bytes, one_pass_fits
+
+        t, f = self.tiling, self.factor
+        state = one_pass_bytes(height, width, tile=t.tile, overlap=t.overlap, f=f)
+        window = (min(t.tile, max(height, width)) + 2 * DECODE_CONTEXT * f) ** 2
+        return state if state and one_pass_fits(state) else 8 * window * 128 * 4
 
     def scheduler(self):
         """A fresh scheduler: the model's own, or the one named in the config."""
