@@ -129,6 +129,10 @@ def test_tiled_sd_x4_from_the_cli_keeps_alpha_and_reports_tiles(tmp_path, capsys
     out = read_image(tmp_path / "o.png")[0]
     assert out.shape == (96, 144, 4)
     assert np.abs(out[..., 3].mean() - 0.5) < 0.01  # alpha resized on its own, not diffused
+    write_image(tmp_path / "small.png", img[:5, :7])
+    code, err = run(capsys, "upscale", tmp_path / "small.png", "-o", tmp_path / "s.png", "--preset", p)
+    assert code == 2 and "sd-x4 needs an input of at least 8 px per side, got 7x5" in err
+    assert not (tmp_path / "s.png").exists()
 
 
 def test_tiled_sd_x4_is_deterministic_and_order_and_batch_free(x4):

@@ -53,6 +53,8 @@ class SDX4Stage(DiffusionStage):
         if comp.low_res_scheduler is None:
             raise InputError(f"{c.model} is not an x4 upscaler: it has no low_res_scheduler/ folder")
         h, w, ch = image.shape
+        if min(h, w) < 2 * self.unet_multiple:  # its latents have the input's size
+            raise InputError(f"sd-x4 needs an input of at least {2 * self.unet_multiple} px per side, got {w}x{h}")
         rgb = image[:, :, :3] if ch >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
         pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None] * 2 - 1
         lat = upscale_x4_latents(comp.unet, self.scheduler(), comp.low_res_scheduler, pixels, self.embeds,
