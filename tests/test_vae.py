@@ -8,16 +8,15 @@ from tiledsr.diffusion.groupnorm import count_group_norms, record_group_norm_sta
 from tiledsr.diffusion.vae import _latent_grid, one_pass_bytes, tiled_decode, tiled_encode
 from tiledsr.errors import Cancelled, InputError
 
+from tiny_models import autoencoder
+
 TILE, OVERLAP = 128, 32  # output pixels: a 256 x 256 image gets 3 x 3 tiles
 
 
 def build_vae(folder, attention=True):
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(0)
-    AutoencoderKL(latent_channels=4, block_out_channels=[32] * 4, down_block_types=["DownEncoderBlock2D"] * 4,
-                  up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=32,
-                  mid_block_add_attention=attention).save_pretrained(folder)
+    autoencoder(attention=attention).save_pretrained(folder)
     return AutoencoderKL.from_pretrained(folder).eval()
 
 

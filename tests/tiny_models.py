@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build_tiny_latent_upscaler", "build_tiny_sd", "build_tiny_x4_upscaler", "load_components"]
+__all__ = ["autoencoder", "build_tiny_latent_upscaler", "build_tiny_sd", "build_tiny_x4_upscaler",
+           "latent_upscaler_unet", "load_components"]
 
 MAX_TOKENS = 16  # CLIP max_position_embeddings of the tiny text encoder
 
@@ -49,13 +50,38 @@ def _save_text_encoder(folder: Path, vocab_size: int) -> None:
     CLIPTextModel(cfg).eval().save_pretrained(folder)
 
 
-def _save_vae(folder: Path) -> None:
+def autoencoder(block_out_channels=(32, 32, 32, 32), layers_per_block: int = 1, attention: bool = True, **kwargs):
+    """A seeded random-weight SD-style AutoencoderKL (4 latent channels, 2 ** (blocks - 1) scale), eval mode.
+
+    The defaults are the tiny VAE; ``(128, 256, 512, 512)`` with 2 layers per block is the SD VAE's size.
+    """
     from diffusers import AutoencoderKL
 
+    n = len(block_out_channels)
     torch.manual_seed(0)
-    vae = AutoencoderKL(latent_channels=4, block_out_channels=[32] * 4, down_block_types=["DownEncoderBlock2D"] * 4,
-                        up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=32)
-    vae.save_pretrained(folder)
+    return AutoencoderKL(latent_channels=4, block_out_channels=list(block_out_channels),
+                         down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+                         layers_per_block=layers_per_block, norm_num_groups=32, mid_block_add_attention=attention,
+                         **kwargs).eval()
+
+
+def latent_upscaler_unet(block_out_channels=(32, 32, 64, 64), layers_per_block: int = 1,
+                         attention_head_dim: int = 8, cross_attention_dim: int = 32):
+    """A seeded random-weight UNet with the sd-x2-latent-upscaler layout (8-in/5-out K-UNet, size multiple 8).
+
+    The defaults are the tiny one; ``(384, 384, 768, 768)``, 4 layers, heads of 64 and cross-attention
+    768 are the published model's size (372.6M parameters).
+    """
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        in_channels=8, out_channels=5, down_block_types=("KDownBlock2D",) + ("KCrossAttnDownBlock2D",) * 3,
+        up_block_types=("KCrossAttnUpBlock2D",) * 3 + ("KUpBlock2D",), mid_block_type=None,
+        block_out_channels=block_out_channels, layers_per_block=layers_per_block, act_fn="gelu",
+        norm_num_groups=None, attention_head_dim=attention_head_dim, cross_attention_dim=cross_attention_dim,
+        time_embedding_type="fourier", timestep_post_act="gelu", time_cond_proj_dim=128 + cross_attention_dim,
+        resnet_time_scale_shift="scale_shift", conv_in_kernel=1, conv_out_kernel=1).eval()
 
 
 def _save_common(root: Path) -> None:
@@ -64,7 +90,7 @@ def _save_common(root: Path) -> None:
     _write_tokenizer(root / "tokenizer")
     vocab_size = len(CLIPTokenizer.from_pretrained(root / "tokenizer"))
     _save_text_encoder(root / "text_encoder", vocab_size)
-    _save_vae(root / "vae")
+    autoencoder().save_pretrained(root / "vae")
 
 
 def build_tiny_sd(root: str | Path) -> Path:
@@ -86,18 +112,11 @@ def build_tiny_sd(root: str | Path) -> Path:
 
 def build_tiny_latent_upscaler(root: str | Path) -> Path:
     """sd-x2-latent-upscaler-like components (8-in/5-out K-UNet, multiple 8, Euler "sample"); returns ``root``."""
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler
 
     root = Path(root)
     _save_common(root)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        in_channels=8, out_channels=5, down_block_types=("KDownBlock2D",) + ("KCrossAttnDownBlock2D",) * 3,
-        up_block_types=("KCrossAttnUpBlock2D",) * 3 + ("KUpBlock2D",), mid_block_type=None,
-        block_out_channels=(32, 32, 64, 64), layers_per_block=1, act_fn="gelu", norm_num_groups=None,
-        attention_head_dim=8, cross_attention_dim=32, time_embedding_type="fourier", timestep_post_act="gelu",
-        time_cond_proj_dim=128 + 32, resnet_time_scale_shift="scale_shift", conv_in_kernel=1, conv_out_kernel=1)
-    unet.save_pretrained(root / "unet")
+    latent_upscaler_unet().save_pretrained(root / "unet")
     EulerDiscreteScheduler(prediction_type="sample").save_pretrained(root / "scheduler")
     return root
 
@@ -105,14 +124,11 @@ def build_tiny_latent_upscaler(root: str | Path) -> Path:
 def build_tiny_x4_upscaler(root: str | Path) -> Path:
     """stable-diffusion-x4-upscaler-like components (7-in UNet with noise-level class embedding, multiple 4,
     DDIM v-prediction; a 3-block VAE, 4x, scaling 0.08333; a DDPM ``low_res_scheduler/``); returns ``root``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
     root = Path(root)
     _save_common(root)
-    torch.manual_seed(0)
-    AutoencoderKL(latent_channels=4, block_out_channels=[32, 32, 64], down_block_types=["DownEncoderBlock2D"] * 3,
-                  up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=1, norm_num_groups=32,
-                  scaling_factor=0.08333).save_pretrained(root / "vae")
+    autoencoder((32, 32, 64), scaling_factor=0.08333).save_pretrained(root / "vae")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=32, in_channels=7, out_channels=4, block_out_channels=(32, 32, 64), layers_per_block=1,

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for tiny_models
+
 
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -43,17 +45,9 @@ def _status_kib(field: str) -> int:
 
 
 def build_unet(device: str):
-    import torch
-    from diffusers import UNet2DConditionModel
+    from tiny_models import latent_upscaler_unet
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        in_channels=8, out_channels=5, down_block_types=("KDownBlock2D",) + ("KCrossAttnDownBlock2D",) * 3,
-        up_block_types=("KCrossAttnUpBlock2D",) * 3 + ("KUpBlock2D",), mid_block_type=None,
-        block_out_channels=(384, 384, 768, 768), layers_per_block=4, act_fn="gelu", norm_num_groups=None,
-        attention_head_dim=64, cross_attention_dim=768, time_embedding_type="fourier", timestep_post_act="gelu",
-        time_cond_proj_dim=896, resnet_time_scale_shift="scale_shift", conv_in_kernel=1, conv_out_kernel=1)
-    return unet.eval().to(device)
+    return latent_upscaler_unet((384, 384, 768, 768), 4, attention_head_dim=64, cross_attention_dim=768).to(device)
 
 
 def child(cfg: dict) -> dict:

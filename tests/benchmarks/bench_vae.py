@@ -34,18 +34,17 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for tiny_models
+
 # how the GroupNorm statistics are found: untiled run, per tile, shared in one lockstep pass, shared by sweeps
 HOWS = ("untiled", "per-tile", "one-pass", "sweeps")
 JOBS = [(what, how) for what in ("encode", "decode") for how in HOWS]
 
 
 def build_vae(attention: bool):
-    from diffusers import AutoencoderKL
+    from tiny_models import autoencoder
 
-    torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=["DownEncoderBlock2D"] * 4,
-                         up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4,
-                         mid_block_add_attention=attention).eval()
+    return autoencoder((128, 256, 512, 512), layers_per_block=2, attention=attention)
 
 
 def photo(size: int) -> torch.Tensor:

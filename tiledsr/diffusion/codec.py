@@ -9,7 +9,16 @@ import numpy as np
 from ..resample import resize
 from ..stages.base import Tiling
 
-__all__ = ["LatentCodec", "Latents"]
+__all__ = ["LatentCodec", "Latents", "split_planes"]
+
+
+def split_planes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """(H, W, C) in [0, 1] -> (RGB (H, W, 3), alpha (H, W, 1) copy or None, grey): what diffusion models
+    see (grey repeated to RGB), and what goes around them."""
+    c = image.shape[2]
+    alpha = image[:, :, -1:].copy() if c in (2, 4) else None
+    rgb = image[:, :, :3] if c >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+    return rgb, alpha, c <= 2
 
 
 @dataclass(frozen=True)
@@ -60,15 +69,14 @@ class LatentCodec:
 
         from .vae import tiled_encode
 
-        h, w, c = image.shape
-        alpha = image[:, :, -1:].copy() if c in (2, 4) else None
-        rgb = image[:, :, :3] if c >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+        h, w, _ = image.shape
+        rgb, alpha, grey = split_planes(image)
         f = self.factor
         padded = np.pad(rgb, ((0, -h % f), (0, -w % f), (0, 0)), mode="reflect" if min(h, w) > f else "edge")
         pixels = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None] * 2 - 1
         t = self.tiling
         lat = tiled_encode(self.vae, pixels, tile=t.tile, overlap=t.overlap, blend=t.blend, progress=report)
-        return Latents(lat, self, (h, w), alpha, c <= 2)
+        return Latents(lat, self, (h, w), alpha, grey)
 
     def decode(self, latents: Latents, report: Callable[[int, int], None]) -> np.ndarray:
         """Latents -> (H, W, C) float32 in [0, 1], cropped to ``latents.size``, alpha re-attached."""

@@ -114,8 +114,9 @@ class _Assembler:
         self.out_grid = _scaled(grid, f_out)
         self.canvas: Canvas | None = None
 
-    def add(self, t: Tile, oy: int, ox: int, out: torch.Tensor) -> None:
-        """``out``: tile ``t``'s window output (1, C, *, *) with the core at (oy, ox) latent px."""
+    def add(self, win: tuple, out: torch.Tensor) -> None:
+        """``out``: the output (1, C, *, *) of a window from :func:`_windows`."""
+        t, (_, _, oy), (_, _, ox), _ = win
         f = self.f
         core = out[0, :, oy * f:(oy + t.h) * f, ox * f:(ox + t.w) * f]
         if self.canvas is None:
@@ -164,8 +165,7 @@ class _Job:
         """Blend ``outputs`` (tile index, post-processed window output) into the canvas."""
         asm = _Assembler(self.grid, self.f_out, blend)
         for i, out in outputs:
-            t, (_, _, oy), (_, _, ox), _ = self.windows[i]
-            asm.add(t, oy, ox, out)
+            asm.add(self.windows[i], out)
             tick()
         return asm.result()
 
@@ -219,8 +219,7 @@ def _one_pass(job: _Job, blend: str, tick: Callable[[], None], state_bytes: int)
     asm = _Assembler(job.grid, job.f_out, blend)
 
     def finish(i: int, out: torch.Tensor) -> None:
-        t, (_, _, oy), (_, _, ox), _ = job.windows[i]
-        asm.add(t, oy, ox, job.post(out))
+        asm.add(job.windows[i], job.post(out))
 
     tiles = [((lambda i=i: job.pre(job.crop(i))), w[3]) for i, w in enumerate(job.windows)]
     # paused tensors stay on an accelerator if they fit in half its free memory, else wait on the host
@@ -234,7 +233,7 @@ def _tiled(job: _Job, blend: str, shared_norm: bool, one_pass_mode: bool | None,
     grid, module = job.grid, job.module
     # 1. One tile: the plain, untiled run (exact)
     if len(grid) == 1:
-        out = job.post(module(job.pre(_crop(job.src, 0, grid.height * job.f_in, 0, grid.width * job.f_in))))
+        out = job.run(0)  # its window is the whole image
         if progress is not None:
             progress(1, 1)
         return out[:, :, :grid.height * job.f_out, :grid.width * job.f_out].float()

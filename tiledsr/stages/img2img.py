@@ -95,16 +95,18 @@ class Img2ImgStage(DiffusionStage):
 
 def _run_independent(image: np.ndarray, fn, stage: Img2ImgStage, report) -> np.ndarray:
     """run_tiled over the RGB planes (padded to the UNet's multiple); alpha and grey handled around it."""
-    h, w, c = image.shape
-    rgb = image[:, :, :3] if c >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+    from ..diffusion.codec import split_planes
+
+    h, w, _ = image.shape
+    rgb, alpha, grey = split_planes(image)
     m = stage.factor * stage.unet_multiple
     t = stage.tiling
     tile = max(m, t.tile - t.tile % m)
     padded = np.pad(rgb, ((0, -h % m), (0, -w % m), (0, 0)), mode="reflect" if min(h, w) > m else "edge")
     out = run_tiled(padded, fn, scale=1, tile=tile, overlap=min(t.overlap, tile - m), multiple=m,
                     blend=t.blend, batch=1, on_tile=report, keyed=True)[:h, :w]
-    if c <= 2:
+    if grey:
         out = out.mean(axis=2, keepdims=True)
-    if c in (2, 4):
-        out = np.concatenate([out, image[:, :, -1:]], axis=2)
+    if alpha is not None:
+        out = np.concatenate([out, alpha], axis=2)
     return np.ascontiguousarray(out, dtype=np.float32)

@@ -46,20 +46,19 @@ class SDX4Stage(DiffusionStage):
     def run(self, image: np.ndarray, report, source=None):
         import torch
 
-        from ..diffusion.codec import Latents
+        from ..diffusion.codec import Latents, split_planes
         from ..diffusion.x4_upscale import upscale_x4_latents
 
         c, comp = self.config, self.components
         if comp.low_res_scheduler is None:
             raise InputError(f"{c.model} is not an x4 upscaler: it has no low_res_scheduler/ folder")
-        h, w, ch = image.shape
+        h, w, _ = image.shape
         if min(h, w) < 2 * self.unet_multiple:  # its latents have the input's size
             raise InputError(f"sd-x4 needs an input of at least {2 * self.unet_multiple} px per side, got {w}x{h}")
-        rgb = image[:, :, :3] if ch >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+        rgb, alpha, grey = split_planes(image)
         pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None] * 2 - 1
         lat = upscale_x4_latents(comp.unet, self.scheduler(), comp.low_res_scheduler, pixels, self.embeds,
                                  latent_channels=comp.vae.config.latent_channels, steps=c.steps,
                                  guidance=c.guidance, noise_level=c.noise_level, seed=self.seed,
                                  progress=self.step_report(report), **self.latent_tiling())
-        alpha = image[:, :, -1:].copy() if ch in (2, 4) else None
-        return Latents(lat.float(), self.codec, (4 * h, 4 * w), alpha, ch <= 2)
+        return Latents(lat.float(), self.codec, (4 * h, 4 * w), alpha, grey)
