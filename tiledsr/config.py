@@ -2,27 +2,74 @@
 
 Unknown keys name the closest valid key; wrong types say expected versus got;
 field constraints live in each dataclass's ``check()`` method, which returns an
-error message or None.
+error message or None. Before ``check()`` runs, every value is bounded here:
+numbers must be finite and within :data:`MAX_VALUES` (or :data:`MAX_INT`),
+strings may hold no control characters. Messages quote user values through
+:func:`short`, so they stay one short line whatever the value.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
+import re
+import reprlib
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
 
 from .errors import PresetError
 
-__all__ = ["closest", "from_mapping", "to_mapping"]
+__all__ = ["MAX_INT", "MAX_VALUES", "closest", "cut", "from_mapping", "short", "to_mapping"]
 
 T = TypeVar("T")
 
+MAX_INT = 2**64 - 1  # no setting needs more (torch seeds go up to here)
+MAX_VALUES: dict[str, float] = {  # largest sensible value of any field with this name
+    "tile": 65536, "overlap": 65535, "batch": 1024, "steps": 1000, "width": 1 << 20, "height": 1 << 20,
+    "context": 65536, "noise_level": 1000, "guidance": 100.0, "seed": MAX_INT,
+}
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # control characters but tab and newline
+NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # in names, tab and newline too
+NAME_FIELDS = {"name", "model", "device"}
 
-def closest(word: str, choices: typing.Iterable[str]) -> str:
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib that never builds the whole repr of a big value, nor of a huge integer."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxset = 3, 4, 3, 4
+        self.maxstring = self.maxother = self.maxlong = 60
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 64:
+            return f"<an integer of {x.bit_length()} bits>"
+        return repr(x)
+
+
+def short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (then '…'), cheap for any value."""
+    if isinstance(value, str) and len(value) <= limit:
+        text = repr(value)
+    else:
+        text = _ShortRepr().repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def cut(text: Any, limit: int = 300) -> str:
+    """``text`` on one line, cut to ``limit`` characters (then '…')."""
+    text = " ".join(str(text)[: limit * 4].split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def closest(word: Any, choices: typing.Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the nearest choice, or ''."""
-    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    if not isinstance(word, str) or not word or len(word) > 200:
+        return ""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {short(match[0])}?)" if match else ""
 
 
 def _describe(tp: Any) -> str:
@@ -45,7 +92,7 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
                 return True, v
         return False, None
     if origin is Literal:
-        return (value in typing.get_args(tp) and not isinstance(value, bool)), value
+        return any(type(value) is type(a) and value == a for a in typing.get_args(tp)), value
     if tp is type(None):
         return value is None, None
     if tp is object:
@@ -56,10 +103,51 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, int) and abs(value) > MAX_INT:
+            return True, value  # left an int, refused by _bound (float() could overflow)
         return ok, float(value) if ok else None
     if tp is str:
         return isinstance(value, str), value
     raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _bound(key: str, value: Any) -> str | None:
+    """What is wrong with a coerced field value (range, finiteness, control characters), or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        limit = MAX_VALUES.get(key, MAX_INT)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"expected a finite number, got {short(value)}"
+        if value > limit:
+            return f"{short(value)} is too large; use at most {limit}"
+        if value < -limit:
+            return f"{short(value)} is too small; use at least -{limit}"
+    if isinstance(value, str):
+        found = (NAME_CONTROL if key in NAME_FIELDS else CONTROL).search(value)
+        if found:
+            return f"control character {found.group()!r} in {short(value)}; remove it"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """{field name: type} of the fields a mapping may set."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _field(cls: type, key: Any, value: Any, where: str) -> Any:
+    """The checked value of field ``key``, or PresetError naming ``where.key``."""
+    hints = _hints(cls)
+    if not isinstance(key, str) or key not in hints:
+        raise PresetError(f"{where}: unknown key {short(key)}{closest(key, hints)}; "
+                          f"valid keys: {', '.join(sorted(hints))}")
+    ok, coerced = _coerce(value, hints[key])
+    if not ok:
+        raise PresetError(f"{where}.{key}: expected {_describe(hints[key])}, got {short(value)}")
+    problem = None if hints[key] is object else _bound(key, coerced)
+    if problem:
+        raise PresetError(f"{where}.{key}: {problem}")
+    return coerced
 
 
 def from_mapping(cls: type[T], data: Any, where: str) -> T:
@@ -68,21 +156,12 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
         data = {}
     if not isinstance(data, Mapping):
         raise PresetError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise PresetError(f"{where}: unknown key {key!r}{closest(key, fields)}; valid keys: {', '.join(sorted(fields))}")
-        ok, coerced = _coerce(value, hints[key])
-        if not ok:
-            raise PresetError(f"{where}.{key}: expected {_describe(hints[key])}, got {value!r}")
-        kwargs[key] = coerced
+    kwargs = {key: _field(cls, key, value, where) for key, value in data.items()}
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     problem = check() if check else None
     if problem:
-        raise PresetError(f"{where}: {problem}")
+        raise PresetError(f"{where}: {cut(problem)}")
     return obj
 
 

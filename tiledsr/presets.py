@@ -1,8 +1,14 @@
-"""Presets: YAML (``yaml.safe_load`` only) validated strictly into frozen configs before any model loads."""
+"""Presets: YAML validated strictly into frozen configs before any model loads.
+
+Every YAML tiledsr parses (preset files, ``--set`` values) goes through the bounded
+loader of :mod:`tiledsr.safeyaml`.
+"""
 from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,14 +16,17 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 
 import yaml
 
-from .config import closest, from_mapping, to_mapping
+from .config import closest, from_mapping, short, to_mapping
 from .errors import PresetError
+from .safeyaml import parse_yaml, read_text
 from .stages import StageTiling, Tiling, stage_class
 
 __all__ = ["Preset", "StageSpec", "load_preset", "preset_names", "preset_to_yaml"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
-DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:\d{1,3})?)\Z")
+TYPE_RE = re.compile(r"[^\x00-\x20\x7f-\x9f]{1,64}\Z")  # a stage type name: printable, no spaces, short
+MAX_STAGES = 64
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ class _TopLevel(Tiling):
 
     def check(self) -> str | None:
         if not DEVICE_RE.match(self.device):
-            return f"device: expected auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            return f"device: expected auto, cpu, cuda, cuda:N or mps, got {short(self.device)}"
         if self.seed is not None and self.seed < 0:
             return f"seed must be >= 0, got {self.seed}"
         return Tiling.check(self)
@@ -46,7 +55,9 @@ class _TopLevel(Tiling):
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One validated stage: its ``type``, frozen ``config`` and resolved ``tiling``."""
+    """One validated stage: its ``type``, frozen ``config`` and resolved ``tiling``.
+
+    A config with tiling keys holds the resolved values in them (never None)."""
 
     type: str
     config: Any
@@ -72,106 +83,170 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _where(s: str) -> str:
+    """'preset PATH' for messages, keeping the end of a very long path."""
+    text = repr(s)
+    return f"preset {text if len(text) <= 160 else repr('…' + s[-150:])}"
+
+
+def _is_file(s: str) -> bool:
+    try:
+        return Path(s).is_file()
+    except (OSError, ValueError):  # a name too long for a path, say
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        path.stat()
+        return True
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
 
 
 def read_preset(name_or_path: str | Path) -> tuple[dict, str]:
     """Parse a bundled preset name or a YAML file into a raw mapping; returns ``(raw, where)``."""
     s = str(name_or_path)
-    if s.endswith((".yaml", ".yml")) or "/" in s or Path(s).is_file():
-        path, where = Path(s), f"preset {s!r}"
-        if not path.is_file():
-            raise PresetError(f"{where}: file not found (or not a file); check the path")
+    where = _where(s)
+    if "\0" in s:
+        raise PresetError(f"{where}: a preset name or path has no NUL character")
+    if s.endswith((".yaml", ".yml")) or "/" in s or os.sep in s or _is_file(s):
+        path = Path(s)
+        if not _exists(path):
+            raise PresetError(f"{where}: file not found; check the path")
     else:
-        path, where = PRESET_DIR / f"{s}.yaml", f"preset {s!r}"
-        if not path.is_file():
-            raise PresetError(
-                f"unknown preset {s!r}{closest(s, preset_names())}; bundled presets: {', '.join(preset_names())}"
-            )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise PresetError(f"{where}: not valid YAML: {_one_line(exc)}") from exc
-    except OSError as exc:
-        raise PresetError(f"{where}: cannot read: {exc.strerror}") from exc
+        path = PRESET_DIR / f"{s}.yaml"
+        if not _is_file(str(path)):
+            raise PresetError(f"unknown preset {short(s)}{closest(s, preset_names())}; "
+                              f"bundled presets: {', '.join(preset_names())}")
+    raw = parse_yaml(read_text(path, where), where, path.name)
+    if raw is None:
+        raise PresetError(f"{where}: is empty; a preset is a YAML mapping with a 'stages' list")
     if not isinstance(raw, dict):
         raise PresetError(f"{where}: expected a mapping with a 'stages' list, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     return raw, where
 
 
-def apply_overrides(raw: dict, top: Mapping[str, Any] = {}, sets: Sequence[str] = ()) -> dict:
-    """Return a copy of ``raw`` with top-level ``top`` values and ``--set`` items applied.
+def _stage_list(raw: dict) -> list:
+    return raw["stages"] if isinstance(raw.get("stages"), list) else []
 
-    Tiling keys given in ``top`` win over per-stage values. ``sets`` items look like
-    ``key=value``, ``TYPE.key=value`` (every stage of that type) or ``N.key=value``
-    (stage N, from 0); values are parsed as YAML scalars.
+
+def _apply_set(raw: dict, item: Any) -> None:
+    """Apply one ``--set`` item to ``raw`` in place (see :func:`apply_overrides`)."""
+    target, sep, text = item.partition("=") if isinstance(item, str) else ("", "", "")
+    sel, _, key = target.rpartition(".")
+    if not sep or not key:
+        raise PresetError(f"--set {short(item)}: expected KEY=VALUE, output.KEY=VALUE or STAGE.KEY=VALUE "
+                          "(STAGE: a stage type or index)")
+    value = parse_yaml(text, f"--set {short(item)}", "--set value")
+    if not sel:
+        raw[key] = value
+        return
+    if sel == "output":
+        if raw.get("output") is None:
+            raw["output"] = {}
+        if not isinstance(raw["output"], dict):
+            raise PresetError(f"--set {short(item)}: 'output' in this preset is not a mapping")
+        raw["output"][key] = value
+        return
+    stages = _stage_list(raw)
+    chosen = [st for i, st in enumerate(stages) if isinstance(st, dict) and sel in (str(i), st.get("type"))]
+    if not chosen:
+        types = [st.get("type") for st in stages if isinstance(st, dict)]
+        types = list(dict.fromkeys(t for t in types if isinstance(t, str)))[:8]
+        choices = ["output", *types, *(str(i) for i in range(len(stages)))]
+        raise PresetError(f"--set {short(item)}: no stage {short(sel)} in this preset{closest(sel, choices)}; "
+                          f"use output, a stage type ({', '.join(short(t, 20) for t in types)}) "
+                          f"or a stage index (0..{max(len(stages) - 1, 0)})")
+    for st in chosen:
+        st[key] = value
+
+
+def apply_overrides(raw: dict, top: Mapping[str, Any] = {}, sets: Sequence[str] = ()) -> dict:
+    """Return a copy of ``raw`` with ``top`` values, then ``--set`` items, applied.
+
+    ``top`` sets top-level keys; a tiling key there (tile, overlap, blend, batch) also
+    clears it in every stage, so it wins over per-stage values (the CLI's --tile, --overlap).
+    ``sets`` items are ``KEY=VALUE`` (a top-level key; a tiling key there is the preset-wide
+    default, which per-stage values still override), ``output.KEY=VALUE``, ``TYPE.KEY=VALUE``
+    (every stage of that type) or ``N.KEY=VALUE`` (stage N, from 0); values are parsed as YAML.
     """
     raw = copy.deepcopy(raw)
-    stages = raw.get("stages") if isinstance(raw.get("stages"), list) else []
+    tiling_keys = {f.name for f in dataclasses.fields(Tiling)}
     for key, value in top.items():
         raw[key] = value
-        for st in stages:
-            if key in {f.name for f in dataclasses.fields(Tiling)} and isinstance(st, dict):
+        for st in _stage_list(raw):
+            if key in tiling_keys and isinstance(st, dict):
                 st.pop(key, None)
     for item in sets:
-        target, sep, text = item.partition("=")
-        if not sep or not target:
-            raise PresetError(f"--set {item!r}: expected KEY=VALUE or STAGE.KEY=VALUE")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise PresetError(f"--set {item!r}: value is not valid YAML") from exc
-        sel, _, key = target.rpartition(".")
-        if not sel:
-            raw[key] = value
-            continue
-        chosen = [st for i, st in enumerate(stages) if isinstance(st, dict) and sel in (str(i), st.get("type"))]
-        if not chosen:
-            raise PresetError(f"--set {item!r}: no stage {sel!r} in this preset (use a stage type or index)")
-        for st in chosen:
-            st[key] = value
+        _apply_set(raw, item)
     return raw
 
 
-def validate(raw: dict, where: str) -> Preset:
-    """Raw mapping -> Preset, or PresetError naming the key path."""
+def _stage(st: Any, i: int, tiling: Tiling, where: str) -> StageSpec:
+    """Validate stage ``i`` of a preset."""
+    at = f"{where}: stages[{i}]"
+    kind = st.get("type") if isinstance(st, dict) else None
+    if not isinstance(kind, str) or not TYPE_RE.match(kind):
+        raise PresetError(f"{at}: expected a mapping with a 'type' (a stage type name), got {short(st)}")
+    cls = stage_class(kind, at)
+    options = {k: v for k, v in st.items() if k != "type"}
+    config = from_mapping(cls.Config, options, f"{at} ({kind})")
+    stage_tiling = tiling
+    if isinstance(config, StageTiling):
+        stage_tiling = config.resolve(tiling)
+        config = dataclasses.replace(config, **dataclasses.asdict(stage_tiling))
+    problem = stage_tiling.check()
+    if problem:
+        raise PresetError(f"{at} ({kind}): {problem}")
+    return StageSpec(kind, config, stage_tiling)
+
+
+def _validate(raw: Any, where: str) -> Preset:
+    if not isinstance(raw, Mapping):
+        raise PresetError(f"{where}: expected a mapping with a 'stages' list, got {type(raw).__name__}")
     top = from_mapping(_TopLevel, raw, where)
     tiling = Tiling(top.tile, top.overlap, top.blend, top.batch)
     output = from_mapping(OutputSettings, top.output, f"{where}: output")
     if not isinstance(top.stages, list) or not top.stages:
         raise PresetError(f"{where}: 'stages' must be a non-empty list of stages, each with a 'type'")
-    specs = []
-    for i, st in enumerate(top.stages):
-        at = f"{where}: stages[{i}]"
-        if not isinstance(st, dict) or not isinstance(st.get("type"), str):
-            raise PresetError(f"{at}: expected a mapping with a 'type' (a stage type name)")
-        options = {k: v for k, v in st.items() if k != "type"}
-        cls = stage_class(st["type"], at)
-        config = from_mapping(cls.Config, options, f"{at} ({st['type']})")
-        stage_tiling = config.resolve(tiling) if isinstance(config, StageTiling) else tiling
-        problem = stage_tiling.check()
-        if problem:
-            raise PresetError(f"{at} ({st['type']}): {problem}")
-        specs.append(StageSpec(st["type"], config, stage_tiling))
-    return Preset(top.name or "custom", top.description, tuple(specs), tiling, top.device, top.precision,
+    if len(top.stages) > MAX_STAGES:
+        raise PresetError(f"{where}: {len(top.stages)} stages; at most {MAX_STAGES} are allowed")
+    specs = tuple(_stage(st, i, tiling, where) for i, st in enumerate(top.stages))
+    return Preset(top.name or "custom", top.description, specs, tiling, top.device, top.precision,
                   top.seed, output)
+
+
+def validate(raw: Any, where: str) -> Preset:
+    """Raw mapping -> Preset, or PresetError naming the key path."""
+    try:
+        return _validate(raw, where)
+    except RecursionError:
+        raise PresetError(f"{where}: nested too deeply; a preset is a mapping with a 'stages' list") from None
 
 
 def load_preset(name_or_path: str | Path, top: Mapping[str, Any] = {}, sets: Sequence[str] = ()) -> Preset:
     """Read, override and validate a preset (bundled name or YAML path). No model is loaded."""
     raw, where = read_preset(name_or_path)
-    return validate(apply_overrides(raw, top, sets), where)
+    try:
+        raw = apply_overrides(raw, top, sets)
+    except RecursionError:
+        raise PresetError(f"{where}: nested too deeply; a preset is a mapping with a 'stages' list") from None
+    return validate(raw, where)
+
+
+def _stage_doc(spec: StageSpec) -> dict:
+    """A stage as a mapping: type, its own keys, then its (resolved) tiling keys."""
+    options = to_mapping(spec.config)
+    tiling = {k: options.pop(k) for k in [f.name for f in dataclasses.fields(Tiling)] if k in options}
+    return {"type": spec.type, **options, **tiling}
 
 
 def preset_to_yaml(preset: Preset) -> str:
-    """The resolved preset (every default filled in) as YAML."""
-    tiling_keys = {f.name for f in dataclasses.fields(Tiling)}
+    """The resolved preset as YAML: every key with its value, defaults and nulls included.
 
-    def clean(d: dict) -> dict:
-        return {k: v for k, v in d.items() if v is not None and k not in tiling_keys}
-
+    It loads back (:func:`load_preset`) into an equal Preset."""
     doc = {
         "name": preset.name,
         "description": preset.description,
@@ -179,9 +254,7 @@ def preset_to_yaml(preset: Preset) -> str:
         "device": preset.device,
         "precision": preset.precision,
         "seed": preset.seed,
-        "output": clean(to_mapping(preset.output)),
-        "stages": [{"type": s.type, **clean(to_mapping(s.config)),
-                    **(dataclasses.asdict(s.tiling) if isinstance(s.config, StageTiling) else {})}
-                   for s in preset.stages],
+        "output": to_mapping(preset.output),
+        "stages": [_stage_doc(s) for s in preset.stages],
     }
-    return yaml.safe_dump(doc, sort_keys=False)
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
