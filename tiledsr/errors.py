@@ -47,3 +47,28 @@ class Cancelled(TiledsrError):
     """The run was interrupted or cancelled by a progress callback (exit code 130)."""
 
     exit_code = 130
+
+
+# Lower-case fragments of the RuntimeError texts of failed allocations: torch's CPU allocator
+# ("DefaultCPUAllocator: can't allocate memory", "... not enough memory"), CUDA and MPS
+# ("CUDA out of memory", "MPS backend out of memory"), errno 12 and C++ std::bad_alloc.
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "not enough memory",
+              "cannot allocate memory", "bad_alloc")
+
+
+def as_out_of_memory(exc: BaseException, what: str,
+                     hint: str = "try a smaller --tile") -> OutOfMemory | None:
+    """The OutOfMemory to raise for ``exc`` when it is an allocation failure, else None.
+
+    Recognises MemoryError (numpy's too), torch.OutOfMemoryError (by class name, so torch
+    is not imported), RuntimeErrors with an allocator's text, OSError ENOMEM, and an
+    OutOfMemory (returned as it is). ``what`` names what ran out: the message is
+    "out of memory in {what}; {hint}". The caller raises it ``from exc``.
+    """
+    if isinstance(exc, OutOfMemory):
+        return exc
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    oom = (isinstance(exc, MemoryError) or "OutOfMemoryError" in names
+           or (isinstance(exc, OSError) and exc.errno == 12)
+           or (isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)))
+    return OutOfMemory(f"out of memory in {what}; {hint}") if oom else None

