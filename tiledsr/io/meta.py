@@ -5,18 +5,24 @@ EXIF travels as bytes the way Pillow writes them (``Image.Exif().tobytes()``):
 """
 from __future__ import annotations
 
+import json
+import logging
+import math
 import struct
+import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import tifffile
-from PIL import Image, TiffImagePlugin
+from PIL import Image, ImageFile, TiffImagePlugin
 
 from ..errors import InputError
+from ..quiet import LOCK
 
-__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "ImageInfo", "check_size", "sniff_format"]
+__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "ImageInfo", "check_size", "clean_exif", "sniff_format"]
 
 DEFAULT_MAX_PIXELS = 2**28  # a 16384 x 16384 poster
 FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
@@ -24,7 +30,9 @@ EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".
               ".webp": "WEBP"}
 EXIF_HEADER = b"Exif\x00\x00"
 ORIENTATION = 0x0112
-EXIF_IFD, GPS_IFD = 0x8769, 0x8825
+SOFTWARE = 0x0131
+DESCRIPTION = 270
+EXIF_IFD, GPS_IFD, INTEROP_IFD = 0x8769, 0x8825, 0xA005
 # Descriptive IFD0 tags that may travel between formats (structural TIFF tags never do).
 IFD0_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 
@@ -35,7 +43,11 @@ class ImageInfo:
 
     ``width`` and ``height`` are in pixels as displayed; ``channels`` is 1 grey, 2 grey+alpha,
     3 RGB or 4 RGBA; ``bit_depth`` is 8 or 16 (float and 32-bit TIFF report 16, the depth they
-    are written back at); ``exif`` has no orientation tag; ``dpi`` is (x, y) dots per inch.
+    are written back at); ``exif`` has no orientation tag and only tags that can be written
+    again; ``dpi`` is (x, y) dots per inch; ``software`` is the program that wrote the file, as
+    its metadata says (PNG text "Software", TIFF tag 305, EXIF 0x0131), ``"tiledsr <version>"``
+    for tiledsr's own outputs; ``notes`` are one-line sentences about what was dropped or
+    converted on the way in (metadata that could not be kept, pages not read).
     """
 
     path: str
@@ -47,6 +59,24 @@ class ImageInfo:
     icc_profile: bytes | None
     exif: bytes | None
     dpi: tuple[float, float] | None
+    software: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Python warnings and tifffile's log records swallowed (so nothing reaches stderr); Pillow's
+    pixel limit off (callers check the header first) and truncated files always failing,
+    whatever the caller set. Serialised: these settings are process-wide."""
+    logger = logging.getLogger("tifffile")
+    with LOCK, warnings.catch_warnings():  # process-wide settings: one thread at a time
+        warnings.simplefilter("ignore")
+        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, logger.disabled
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, logger.disabled = None, False, True
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, logger.disabled = saved
 
 
 def quoted(name: str, stream: str = "stdin") -> str:
@@ -77,9 +107,18 @@ def check_size(name: str, width: int, height: int, max_pixels: int) -> None:
         raise InputError(f"cannot read {quoted(name)}: the header says {width}x{height} pixels; "
                          "the file is corrupt, re-export it")
     if width * height > max_pixels:
-        raise InputError(
-            f"{quoted(name)} is {width}x{height} = {width * height // 10**6} megapixels, above the "
-            f"limit of {max_pixels // 10**6} megapixels; pass --max-pixels N to allow it")
+        size, limit = pixel_counts(width * height, max_pixels)
+        raise InputError(f"{quoted(name)} is {width}x{height} = {size}, above the limit of "
+                         f"{limit}; pass --max-pixels N to allow it")
+
+
+def pixel_counts(*counts: int) -> list[str]:
+    """``counts`` as words in one unit: "4,096 pixels" below a megapixel, else "268.4 megapixels";
+    exact pixels whenever the megapixel figures would read the same."""
+    mega = [f"{n / 10**6:.1f}".removesuffix(".0") + " megapixels" for n in counts]
+    if min(counts) < 10**6 or len(set(mega)) < len(mega):
+        return [f"{n:,} pixels" for n in counts]
+    return mega
 
 
 def normalize_exif(exif: bytes | None) -> bytes | None:
@@ -110,13 +149,108 @@ def exif_orientation(exif: bytes | None) -> int:
     return orientation if orientation in range(1, 9) else 1
 
 
-def strip_orientation(exif: bytes | None) -> bytes | None:
-    """EXIF without the orientation tag; the bytes are untouched when it has none."""
+def clean_exif(exif: bytes | None) -> tuple[bytes | None, tuple[str, ...]]:
+    """EXIF re-serialised without its orientation tag, and notes on what had to be dropped.
+
+    Tags Pillow cannot parse or write again (a resolution given as text, a GPS value out of
+    range) are left out one by one; None when nothing is left.
+    """
+    if not exif:
+        return None, ()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = load_exif(exif)
+    if value is None:
+        return None, ("its EXIF metadata is unreadable and was dropped",)
+    value.pop(ORIENTATION, None)
+    data, dropped = exif_bytes(value)
+    notes = [f"{dropped} EXIF tag(s) could not be kept and were dropped"] if dropped else []
+    if caught and not dropped:
+        notes.append("its EXIF metadata is partly corrupt; the unreadable tags were dropped")
+    return data, tuple(notes)
+
+
+def exif_bytes(value: Image.Exif) -> tuple[bytes | None, int]:
+    """(``Exif\\0\\0`` bytes or None when empty, how many tags had to be left out to write it)."""
+    try:
+        return _exif_or_none(value.tobytes()), 0
+    except Exception:  # noqa: BLE001 - Pillow raises many types on values it cannot write
+        pass
+    keep, dropped = Image.Exif(), 0
+    for tag in list(value):
+        item = dict(value.get_ifd(tag)) if tag in (EXIF_IFD, GPS_IFD) else value[tag]
+        if isinstance(item, dict):
+            item.pop(INTEROP_IFD, None)
+            good = {k: v for k, v in item.items() if _writable(tag, {k: v})}
+            dropped += len(item) - len(good)
+            if good:
+                keep[tag] = good
+        elif _writable(tag, item):
+            keep[tag] = item
+        else:
+            dropped += 1
+    try:
+        return _exif_or_none(keep.tobytes()), dropped
+    except Exception:  # noqa: BLE001 - tags that only fail together
+        return None, len(value)
+
+
+def _writable(tag: int, item: object) -> bool:
+    probe = Image.Exif()
+    try:
+        probe[tag] = item
+        probe.tobytes()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _exif_or_none(data: bytes) -> bytes | None:
+    """None for an EXIF block without a single tag."""
+    value = load_exif(data)
+    return data if value is not None and len(value) else None
+
+
+def exif_dpi(exif: bytes | None) -> tuple[float, float] | None:
+    """DPI from the EXIF resolution tags (282, 283, unit 296: inch or cm); None without."""
     value = load_exif(exif)
-    if value is None or ORIENTATION not in value:
-        return exif
-    del value[ORIENTATION]
-    return value.tobytes()
+    if value is None or 282 not in value or 283 not in value:
+        return None
+    try:
+        per_inch = {2: 1.0, 3: 2.54}[int(value.get(296, 2))]
+        return round_dpi([float(value[282]) * per_inch, float(value[283]) * per_inch])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def exif_software(exif: bytes | None) -> str | None:
+    """The EXIF Software tag (0x0131), None when absent or not text."""
+    value = load_exif(exif)
+    software = value.get(SOFTWARE) if value is not None else None
+    return clean_text(software)
+
+
+def clean_text(value: object) -> str | None:
+    """A metadata text value stripped of NULs and spaces; None when absent, empty or not text."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", "").strip() or None
+
+
+def is_layout_description(text: object) -> bool:
+    """True for ImageDescription texts that describe another program's data layout, not the
+    picture: tifffile's JSON (``{"shape": [...]}``), ImageJ headers and OME-XML."""
+    text = clean_text(text) or ""
+    if text.startswith(("ImageJ=", "<?xml")) and ("ImageJ=" in text or "<OME" in text):
+        return True
+    if not text.startswith("{"):
+        return False
+    try:
+        return "shape" in json.loads(text)
+    except (ValueError, TypeError):
+        return False
 
 
 def orient(array: np.ndarray, orientation: int) -> np.ndarray:
@@ -134,15 +268,19 @@ def round_dpi(value: object, decimals: int = 2) -> tuple[float, float] | None:
     """(x, y) DPI rounded (PNG stores whole dots per metre: 0.1), None when absent or zero."""
     try:
         x, y = (round(float(v), decimals) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return (x, y) if x > 0 and y > 0 else None
+    return (x, y) if x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y) else None
 
 
-def png_meta_chunks(icc: bytes | None, exif: bytes | None,
-                    dpi: tuple[float, float] | None) -> bytes:
-    """iCCP, eXIf and pHYs chunks, to go right after IHDR."""
-    chunks = []
+def png_meta_chunks(icc: bytes | None, exif: bytes | None, dpi: tuple[float, float] | None,
+                    software: str | None = None) -> bytes:
+    """iCCP, eXIf, pHYs and tEXt Software chunks, to go right after IHDR.
+
+    ``dpi`` must fit pHYs (whole dots per metre, 1 .. 2**32 - 1; see ``PNG_DPI``).
+    """
+    chunks = [_png_chunk(b"tEXt", b"Software\x00" + software.encode("latin-1", "replace"))] \
+        if software else []
     if icc:
         chunks.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
     if exif:
@@ -153,19 +291,30 @@ def png_meta_chunks(icc: bytes | None, exif: bytes | None,
     return b"".join(chunks)
 
 
+PNG_DPI = (0.0254, (2**32 - 1) * 0.0254)  # what pHYs can hold, in dots per inch
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_pixel_chunks(data: bytes) -> bytes:
-    """The PNG without metadata chunks (read already), so libpng has nothing to warn about."""
-    keep, pos = [data[:8]], 8
-    while pos + 8 <= len(data):
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of each whole chunk of a PNG, in order; a cut-off last chunk is left out."""
+    chunks, pos = [], 8
+    while pos + 12 <= len(data):
         size, kind = struct.unpack(">I4s", data[pos: pos + 8])
-        if kind[0] & 0x20 == 0 or kind == b"tRNS":  # IHDR, PLTE, IDAT, IEND; transparency
-            keep.append(data[pos: pos + 12 + size])
+        if pos + 12 + size > len(data):
+            break
+        chunks.append((kind, data[pos + 8: pos + 8 + size]))
         pos += 12 + size
-    return b"".join(keep)
+        if kind == b"IEND":
+            break
+    return chunks
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and CRC."""
+    return _png_chunk(kind, data)
 
 
 def tiff_dpi(tags: tifffile.TiffTags) -> tuple[float, float] | None:
@@ -191,23 +340,40 @@ def tiff_exif(fh: BinaryIO) -> bytes | None:
     try:
         source.load_from_fp(fh)
         for tag in (*IFD0_TEXT_TAGS, ORIENTATION):
-            if tag in source:
+            if tag in source and not (tag == DESCRIPTION and is_layout_description(source[tag])):
                 keep[tag] = source[tag]
-        for tag in (EXIF_IFD, GPS_IFD):
-            if tag in source and source.get_ifd(tag):
-                keep[tag] = dict(source.get_ifd(tag))
+        for tag, sub in _sub_ifds(source).items():
+            keep[tag] = sub
         return keep.tobytes() if len(keep) else None
     except Exception:  # noqa: BLE001 - broken metadata never stops the pixels
         return None
 
 
+def _sub_ifds(value: Image.Exif) -> dict[int, dict]:
+    """The non-empty Exif and GPS IFDs as dicts, without the Interop pointer (an offset into
+    the source file that would point nowhere in ours)."""
+    subs = {}
+    for tag in (EXIF_IFD, GPS_IFD):
+        sub = {k: v for k, v in value.get_ifd(tag).items() if k != INTEROP_IFD} \
+            if tag in value else {}
+        if sub:
+            subs[tag] = sub
+    return subs
+
+
 def tiff_text_tags(exif: bytes | None) -> list[tuple[int, str, int, str, bool]]:
-    """tifffile ``extratags`` for the descriptive IFD0 text tags in ``exif``."""
+    """tifffile ``extratags`` for the descriptive IFD0 text tags in ``exif``.
+
+    Software is left out (the writer sets its own) and so is a description of another
+    program's data layout.
+    """
     value = load_exif(exif)
     if value is None:
         return []
     return [(tag, "s", 0, value[tag], True) for tag in IFD0_TEXT_TAGS
-            if isinstance(value.get(tag), str) and value[tag].isascii()]
+            if tag != SOFTWARE and isinstance(value.get(tag), str) and value[tag].isascii()
+            and "\x00" not in value[tag]
+            and not (tag == DESCRIPTION and is_layout_description(value[tag]))]
 
 
 def tiff_append_exif_ifds(fh: BinaryIO, exif: bytes | None) -> None:
@@ -218,8 +384,7 @@ def tiff_append_exif_ifds(fh: BinaryIO, exif: bytes | None) -> None:
     Sub-IFDs Pillow cannot serialise are left out.
     """
     value = load_exif(exif)
-    subs = {tag: dict(value.get_ifd(tag)) for tag in (EXIF_IFD, GPS_IFD)
-            if value is not None and value.get_ifd(tag)}
+    subs = _sub_ifds(value) if value is not None else {}
     fh.seek(0)
     header = fh.read(8)
     if not subs or header[:4] != b"II*\x00":

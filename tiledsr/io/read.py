@@ -1,53 +1,49 @@
 """Read PNG, JPEG, TIFF and WebP images into float32 arrays, checking the header before decoding.
 
 Pillow reads 8-bit PNG, JPEG and WebP; imagecodecs (libpng) reads 16-bit PNG, which Pillow
-cannot keep at 16 bits in colour; tifffile reads every TIFF.
+cannot keep at 16 bits in colour; tifffile reads TIFF. Whatever these refuse but Pillow can
+decode (CIELAB or YCbCr TIFFs, old-style JPEG TIFFs, damaged files) is read through Pillow,
+converted to grey or RGB(A). Streams (stdin, FIFOs, ``<(...)`` pipes, devices) are read once
+into memory, up to a size the pixel limit allows, and kept, so ``probe`` then ``read_image``
+of the same stream both work. Third-party warnings and log lines never reach the terminal.
 """
 from __future__ import annotations
 
 import io
+import math
 import struct
-import sys
-import threading
 import zlib
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import imagecodecs
 import numpy as np
 import tifffile
-from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
-from ..errors import InputError
-from .meta import (DEFAULT_MAX_PIXELS, ImageInfo, check_size, exif_orientation, normalize_exif,
-                   orient, png_pixel_chunks, quoted, round_dpi, sniff_format, strip_orientation,
-                   tiff_dpi, tiff_exif)
+from ..errors import InputError, OutOfMemory, TiledsrError
+from ..quiet import quiet_fds
+from .meta import (DEFAULT_MAX_PIXELS, ImageInfo, check_size, clean_exif, clean_text, exif_dpi,
+                   exif_orientation, exif_software, normalize_exif, orient, png_chunk, png_chunks,
+                   quiet_libraries, quoted, round_dpi, tiff_dpi, tiff_exif)
+from .source import Source, open_source, reason
 
 __all__ = ["probe", "read_image"]
 
-_PILLOW_LOCK = threading.Lock()
-_STDIN: bytes | None = None
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
-                  RuntimeError, IndexError, KeyError)
-_TRUNCATED = ("truncat", "too small", "end of file", "ends early")  # words decoders use
+_TRUNCATED = ("truncat", "too small", "end of file", "ends early", "premature", "short read")
 _PNG16_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> channels
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2),
+          (1, 0, 2, 1))  # (top, left, row step, column step) of the seven interlace passes
+_LAYOUT = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}
+_GREY16 = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow modes delivered as 16-bit grey
 _P = tifffile.PHOTOMETRIC
 _TIFF_COLOURS = {_P.MINISBLACK: 1, _P.MINISWHITE: 1, _P.PALETTE: 1, _P.RGB: 3, _P.YCBCR: 3,
                  _P.SEPARATED: 4}
 
 
-@dataclass(frozen=True)
-class _Source:
-    name: str
-    path: Path | None
-    data: bytes | None  # the bytes read from stdin
-    head: bytes
-    format: str
-
-    def open(self) -> BinaryIO:
-        return io.BytesIO(self.data) if self.data is not None else open(self.path, "rb")
+class _Unsupported(Exception):
+    """A layout our own reader does not handle; Pillow gets a try before it is reported."""
 
 
 def probe(src: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
@@ -64,6 +60,7 @@ def read_image(src: str | Path,
 
     Returns float32 H x W x C in [0, 1] (C = ``info.channels``; 8-bit values are k/255 and
     16-bit values k/65535, so writing back at the same depth is exact) and its ImageInfo.
+    InputError (one line, naming the file) for anything that is not a readable image.
     """
     pixels, info = _read(src, max_pixels, decode=True)
     if pixels.dtype.kind == "f":
@@ -75,97 +72,128 @@ def read_image(src: str | Path,
 
 def _read(src: str | Path, max_pixels: int, decode: bool) -> tuple[np.ndarray | None, ImageInfo]:
     """1. find and sniff the file, 2. read header (+ pixels), 3. apply EXIF orientation."""
-    source = _source(src)
-    reader = _read_tiff if source.format == "TIFF" else _read_pillow
-    with source.open() as fh, _decode_errors(source):
-        pixels, info = reader(source, fh, max_pixels, decode)
-    orientation = exif_orientation(info.exif)
+    source = open_source(src, max_pixels)
+    with quiet_libraries():
+        pixels, info = _decode(source, max_pixels, decode)
+        orientation = exif_orientation(info.exif)
+        exif, notes = clean_exif(info.exif)
+        software = info.software or exif_software(info.exif)
     if pixels is not None:
         pixels = orient(pixels.reshape(*pixels.shape[:2], -1), orientation)
     width, height = (info.height, info.width) if orientation >= 5 else (info.width, info.height)
-    return pixels, replace(info, width=width, height=height, exif=strip_orientation(info.exif))
+    return pixels, replace(info, width=width, height=height, exif=exif, software=software,
+                           notes=info.notes + notes)
 
 
-def _source(src: str | Path) -> _Source:
-    """Locate ``src`` and sniff its format; InputError for missing, empty or non-image files."""
-    name = str(src)
-    path, data = (None, _stdin_bytes()) if name == "-" else (Path(src), None)
-    if path is not None and path.is_dir():
-        raise InputError(f"cannot read {quoted(name)}: it is a folder, not an image file; "
-                         "pass an image file")
+def _decode(source: Source, max_pixels: int,
+            decode: bool) -> tuple[np.ndarray | None, ImageInfo]:
+    """Our reader for the format; when it fails, Pillow's own decoding; else one InputError."""
+    reader = _read_tiff if source.format == "TIFF" else _read_pillow
     try:
-        with (io.BytesIO(data) if path is None else open(path, "rb")) as fh:
-            head = fh.read(64)
-    except FileNotFoundError as err:
-        raise InputError(f"cannot read {quoted(name)}: no such file; check the path") from err
-    except OSError as err:
-        raise InputError(f"cannot read {quoted(name)}: {err.strerror or err}; "
-                         "check the path and its permissions") from err
-    if not head:
-        raise InputError(f"cannot read {quoted(name)}: the file is empty (0 bytes); re-export it")
-    return _Source(name, path, data, head, sniff_format(head, name))
-
-
-def _stdin_bytes() -> bytes:
-    """All of stdin, read once and kept, so probe("-") then read_image("-") both work."""
-    global _STDIN
-    if _STDIN is None:
-        _STDIN = sys.stdin.buffer.read()
-    return _STDIN
-
-
-@contextmanager
-def _decode_errors(source: _Source) -> Iterator[None]:
-    """Turn decoder exceptions into one-line InputErrors naming the file."""
-    try:
-        yield
-    except _DECODE_ERRORS as err:
-        text = " ".join(str(err).split()) or type(err).__name__
-        lowered = text.lower()
-        if isinstance(err, EOFError) or any(word in lowered for word in _TRUNCATED):
-            reason = f"file is truncated (the {source.format} data ends early)"
-        elif isinstance(err, UnidentifiedImageError):
-            reason = f"the {source.format} header is corrupt or cut short"
-        else:
-            reason = f"the {source.format} data is corrupt or unsupported ({text})"
-        raise InputError(f"cannot read {quoted(source.name)}: {reason}; re-export it") from err
-
-
-@contextmanager
-def _pillow_settings() -> Iterator[None]:
-    """Pillow's own pixel limit off (we check the header first); truncated files always fail."""
-    with _PILLOW_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False
+        with source.open() as fh:
+            return reader(source, fh, max_pixels, decode)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - decoders of hostile files raise anything
         try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+            with source.open() as fh:
+                pixels, info = _read_any(source, fh, max_pixels, decode)
+        except InputError:
+            raise
+        except Exception:  # noqa: BLE001 - Pillow cannot either: report our reader's reason
+            raise _input_error(source, err) from err
+        why = str(err).split(";")[0] if isinstance(err, _Unsupported) else reason(err, 100)
+        note = (f"read through Pillow as {info.bit_depth}-bit {_LAYOUT[info.channels]} "
+                f"(tiledsr's own reader: {why})")
+        return pixels, replace(info, notes=info.notes + (note,))
 
 
-def _read_pillow(source: _Source, fh: BinaryIO, max_pixels: int,
+def _input_error(source: Source, err: Exception) -> TiledsrError:
+    """One line naming the file and why it cannot be read."""
+    if isinstance(err, _Unsupported):
+        return InputError(f"cannot read {quoted(source.name)}: {err}")
+    if isinstance(err, MemoryError):
+        return OutOfMemory(f"not enough memory to decode {quoted(source.name)}; free memory or "
+                           "pass a smaller --max-pixels")
+    text = reason(err)
+    if isinstance(err, EOFError) or any(word in text.lower() for word in _TRUNCATED):
+        why = f"file is truncated (the {source.format} data ends early)"
+    elif isinstance(err, UnidentifiedImageError):
+        why = f"the {source.format} header is corrupt or cut short"
+    else:
+        why = f"the {source.format} data is corrupt or unsupported ({text})"
+    return InputError(f"cannot read {quoted(source.name)}: {why}; re-export it")
+
+
+# --- PNG, JPEG, WebP ---------------------------------------------------------------------------
+
+def _read_pillow(source: Source, fh: BinaryIO, max_pixels: int,
                  decode: bool) -> tuple[np.ndarray | None, ImageInfo]:
     """PNG, JPEG and WebP: header through Pillow; pixels uint8, or uint16 for 16-bit PNG."""
     png16 = source.format == "PNG" and source.head[24:25] == b"\x10"
     if source.format == "PNG" and source.head[12:16] == b"IHDR":  # size before Pillow sees it
         check_size(source.name, *struct.unpack(">II", source.head[16:24]), max_pixels)
-    with _pillow_settings():
-        im = Image.open(fh, formats=[source.format])
-        check_size(source.name, im.width, im.height, max_pixels)
-        mode = _target_mode(im)
-        icc = im.info.get("icc_profile") or None
-        if im.mode == "CMYK":
-            icc = _srgb_profile() if icc else None
-        channels = _png16_channels(source.head[25], im.info) if png16 else len(mode)
-        dpi = round_dpi(im.info.get("dpi"), 1 if source.format == "PNG" else 2)
-        info = ImageInfo(source.name, source.format, im.width, im.height, channels,
-                         16 if png16 else 8, icc, normalize_exif(im.info.get("exif")), dpi)
-        if not decode:
-            return None, info
-        if png16:
-            fh.seek(0)
-            return imagecodecs.png_decode(png_pixel_chunks(fh.read())), info
-        return np.asarray(_converted(im, mode)), info
+    im = Image.open(fh, formats=[source.format])
+    check_size(source.name, im.width, im.height, max_pixels)
+    mode = _target_mode(im)
+    icc, notes = _icc_for(im)
+    channels = _png16_channels(source.head[25], im.info) if png16 else len(mode)
+    pixels = None
+    if decode and png16:
+        fh.seek(0)
+        pixels = _png16_pixels(fh.read())
+    elif decode:
+        pixels = np.asarray(_converted(im, mode, icc is not None))
+    return pixels, _pillow_info(source, im, channels, 16 if png16 else 8, icc, notes)
+
+
+def _pillow_info(source: Source, im: Image.Image, channels: int, depth: int,
+                 icc: bytes | None, notes: tuple[str, ...]) -> ImageInfo:
+    """ImageInfo from an open Pillow image (TIFF metadata is read from the file itself).
+
+    Call it after the pixels are taken: counting frames seeks through the file.
+    """
+    if source.format == "TIFF":
+        with source.open() as fh:
+            exif = tiff_exif(fh)
+        software = clean_text(getattr(im, "tag_v2", {}).get(305))
+    else:
+        exif, software = normalize_exif(im.info.get("exif")), clean_text(im.info.get("Software"))
+    dpi = round_dpi(im.info.get("dpi"), 1 if source.format == "PNG" else 2)
+    if source.format == "WEBP":
+        dpi = exif_dpi(exif)  # WebP keeps its DPI in EXIF
+    info = ImageInfo(source.name, source.format, im.width, im.height, channels, depth, icc, exif,
+                     dpi, software, notes)
+    frames = _frames(im)
+    if frames > 1:
+        info = replace(info, notes=notes + (f"it has {frames} frames or pages; only the first "
+                                            "is read",))
+    return info
+
+
+def _frames(im: Image.Image) -> int:
+    """How many frames or pages Pillow finds (1 when a later one is unreadable)."""
+    try:
+        frames = getattr(im, "n_frames", 1)
+    except Exception:  # noqa: BLE001 - a broken later frame does not matter
+        return 1
+    return frames if isinstance(frames, int) else 1
+
+
+def _icc_for(im: Image.Image) -> tuple[bytes | None, tuple[str, ...]]:
+    """The ICC profile the delivered pixels are in, and a note when one had to be dropped.
+
+    CMYK is delivered as sRGB converted through its own profile, so it gets an sRGB profile;
+    a CMYK profile that cannot be parsed is dropped (plain conversion)."""
+    icc = im.info.get("icc_profile") or None
+    if im.mode != "CMYK" or not icc:
+        return (icc if isinstance(icc, bytes) else None), ()
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except Exception:  # noqa: BLE001 - littlecms raises its own types
+        return None, ("its CMYK colour profile is unreadable and was dropped; colours are "
+                      "converted without it",)
+    return _srgb_profile(), ()
 
 
 def _png16_channels(colour_type: int, info: dict) -> int:
@@ -181,10 +209,11 @@ def _target_mode(im: Image.Image) -> str:
     return ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
 
 
-def _converted(im: Image.Image, mode: str) -> Image.Image:
-    """Decode ``im`` and convert to ``mode``; CMYK goes through its ICC profile when it has one."""
+def _converted(im: Image.Image, mode: str, profiled: bool) -> Image.Image:
+    """Decode ``im`` and convert to ``mode``; CMYK goes through its ICC profile when
+    ``profiled`` (checked readable by :func:`_icc_for`)."""
     im.load()
-    if im.mode == "CMYK" and im.info.get("icc_profile"):
+    if im.mode == "CMYK" and profiled:
         source = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
         srgb = ImageCms.createProfile("sRGB")
         return ImageCms.profileToProfile(im, source, srgb, outputMode="RGB")
@@ -195,40 +224,99 @@ def _srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def _read_tiff(source: _Source, fh: BinaryIO, max_pixels: int,
+def _png16_pixels(data: bytes) -> np.ndarray:
+    """Pixels of a 16-bit PNG through libpng, from a rebuilt file libpng has nothing to warn
+    about: IHDR (+ tRNS) and the image data re-stored, one non-interlaced image per Adam7 pass.
+
+    Returns uint16 H x W (grey) or H x W x C. The zlib stream is checked here (zlib.error,
+    EOFError when it ends early).
+    """
+    chunks = png_chunks(data)
+    width, height, _, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1][:13])
+    trns = next((d for k, d in chunks if k == b"tRNS"), b"")
+    step = _PNG16_CHANNELS[colour] * 2
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    sizes = [(math.ceil((height - y) / dy), math.ceil((width - x) / dx)) for y, x, dy, dx in passes]
+    need = sum(h * (1 + w * step) for h, w in sizes if h and w)
+    raw = zlib.decompressobj().decompress(b"".join(d for k, d in chunks if k == b"IDAT"), need)
+    if len(raw) < need:
+        raise EOFError("the PNG image data ends early")
+    out, pos = None, 0
+    for (y, x, dy, dx), (h, w) in zip(passes, sizes):
+        if not h or not w:
+            continue
+        part = _libpng(w, h, colour, trns, memoryview(raw)[pos: pos + h * (1 + w * step)])
+        pos += h * (1 + w * step)
+        if out is None:
+            out = np.empty((height, width, *part.shape[2:]), part.dtype)
+        out[y::dy, x::dx] = part
+    return out
+
+
+def _libpng(width: int, height: int, colour: int, trns: bytes, rows: memoryview) -> np.ndarray:
+    """Decode filtered 16-bit scanlines through libpng (imagecodecs)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+            + (png_chunk(b"tRNS", trns) if trns else b"")
+            + png_chunk(b"IDAT", zlib.compress(rows, 0)) + png_chunk(b"IEND", b""))
+    with quiet_fds():
+        return imagecodecs.png_decode(data)
+
+
+# --- TIFF --------------------------------------------------------------------------------------
+
+def _read_tiff(source: Source, fh: BinaryIO, max_pixels: int,
                decode: bool) -> tuple[np.ndarray | None, ImageInfo]:
     """Any TIFF through tifffile; the first page only."""
-    with tifffile.TiffFile(fh) as tif:
+    with quiet_fds(), tifffile.TiffFile(fh) as tif:
         page = tif.pages.first
         check_size(source.name, page.imagewidth, page.imagelength, max_pixels)
-        colours, alpha = _tiff_layout(source, page)
+        colours, alpha = _tiff_layout(page)
         palette = page.colormap if page.photometric == _P.PALETTE else None
-        eight = page.dtype.itemsize == 1 if palette is None else not (palette % 257).any()
+        eight = page.dtype.itemsize == 1 if palette is None else _palette8(palette) is not None
         icc = page.tags.valueof(34675)
         channels = (1 if colours == 1 and palette is None else 3) + alpha
         if page.photometric == _P.SEPARATED:
             icc = None  # a CMYK profile does not describe the RGB we deliver
         pixels = _tiff_pixels(page, colours, alpha, palette) if decode else None
+        pages = _page_count(tif)
+        software = clean_text(page.tags.valueof(305))
+    notes = (f"it has {pages} pages; only the first is read",) if pages > 1 else ()
     info = ImageInfo(source.name, "TIFF", page.imagewidth, page.imagelength, channels,
-                     8 if eight else 16, bytes(icc) if icc else None, tiff_exif(fh),
-                     tiff_dpi(page.tags))
+                     8 if eight else 16, bytes(icc) if isinstance(icc, bytes) and icc else None,
+                     tiff_exif(fh), tiff_dpi(page.tags), software, notes)
     return pixels, info
 
 
-def _tiff_layout(source: _Source, page: tifffile.TiffPage) -> tuple[int, int]:
-    """(colour samples, 0 or 1 alpha) of a TIFF page; InputError for layouts we do not read."""
+def _page_count(tif: tifffile.TiffFile) -> int:
+    """How many pages tifffile finds (1 when a later one is unreadable)."""
+    try:
+        return len(tif.pages)
+    except Exception:  # noqa: BLE001 - a broken later page does not matter
+        return 1
+
+
+def _tiff_layout(page: tifffile.TiffPage) -> tuple[int, int]:
+    """(colour samples, 0 or 1 alpha) of a TIFF page; _Unsupported for layouts we do not read."""
     colours = _TIFF_COLOURS.get(page.photometric)
     jpeg = page.compression == tifffile.COMPRESSION.JPEG
     if colours is None or page.photometric == _P.YCBCR and not jpeg:
-        raise InputError(f"cannot read {quoted(source.name)}: TIFF colour model "
-                         f"{page.photometric.name} is not supported; save it as RGB or greyscale")
+        raise _Unsupported(f"TIFF colour model {_photometric(page)} is not supported; save it "
+                           "as RGB or greyscale")
     extra = page.samplesperpixel - colours
     if extra < 0 or page.photometric in (_P.MINISBLACK, _P.MINISWHITE) and extra > 1 \
-            or page.dtype.kind not in "biuf":
-        raise InputError(f"cannot read {quoted(source.name)}: TIFF with {page.samplesperpixel} "
-                         f"samples of {page.dtype} per pixel as {page.photometric.name} is not "
-                         "supported; save it as RGB(A) or greyscale(+alpha)")
+            or page.dtype is None or page.dtype.kind not in "biuf":
+        kind = page.dtype or f"{page.bitspersample}-bit samples of format {page.sampleformat}"
+        raise _Unsupported(f"TIFF with {page.samplesperpixel} samples of {kind} per pixel as "
+                           f"{_photometric(page)} is not supported; save it as RGB(A) or "
+                           "greyscale(+alpha)")
     return colours, 0 if page.photometric == _P.PALETTE else min(extra, 1)
+
+
+def _photometric(page: tifffile.TiffPage) -> str:
+    value = page.photometric
+    name = getattr(value, "name", None) or (str(value) if value not in (None, ()) else "")
+    return name or "(missing)"
 
 
 def _tiff_pixels(page: tifffile.TiffPage, colours: int, alpha: int,
@@ -239,11 +327,21 @@ def _tiff_pixels(page: tifffile.TiffPage, colours: int, alpha: int,
         data = np.moveaxis(data, 0, -1)
     data = data.reshape(*data.shape[:2], -1)[..., : colours + alpha]
     if palette is not None:
-        rgb = palette.T[data[..., 0]]
-        return (rgb // 257).astype(np.uint8) if not (palette % 257).any() else rgb
+        index = np.minimum(data[..., 0].astype(np.intp), palette.shape[1] - 1)  # 1-bit: bools
+        table = _palette8(palette)
+        return (table if table is not None else palette).T[index]
     if data.dtype not in (np.uint8, np.uint16) or page.photometric in (_P.MINISWHITE, _P.SEPARATED):
         data = _tiff_float(data, page.photometric)
     return data
+
+
+def _palette8(palette: np.ndarray) -> np.ndarray | None:
+    """A 16-bit TIFF colour map as 8-bit values when it holds only those (v * 257, or v << 8
+    as Pillow writes them); None when it needs 16 bits."""
+    for scale in (257, 256):
+        if not (palette % scale).any() and palette.max(initial=0) // scale <= 255:
+            return (palette // scale).astype(np.uint8)
+    return None
 
 
 def _tiff_float(data: np.ndarray, photometric: int) -> np.ndarray:
@@ -260,3 +358,32 @@ def _tiff_float(data: np.ndarray, photometric: int) -> np.ndarray:
         white = 1 - out[..., 3:4]
         out = np.concatenate([(1 - out[..., :3]) * white, out[..., 4:]], axis=-1)
     return out
+
+
+# --- anything else Pillow decodes --------------------------------------------------------------
+
+def _read_any(source: Source, fh: BinaryIO, max_pixels: int,
+              decode: bool) -> tuple[np.ndarray | None, ImageInfo]:
+    """Pillow's decoding of any mode (LAB, YCbCr, CMYK, 16-bit grey, float, ...), delivered as
+    8-bit L/LA/RGB/RGBA, 16-bit grey (uint16) or float grey in [0, 1]."""
+    with quiet_fds():
+        im = Image.open(fh)
+        check_size(source.name, im.width, im.height, max_pixels)
+        icc, notes = _icc_for(im)
+        deep = im.mode in _GREY16 + ("F",) and "transparency" not in im.info
+        mode = im.mode if deep else _target_mode(im)
+        if im.mode in ("LAB", "HSV", "YCbCr"):
+            icc = None  # converted to RGB below, which these profiles do not describe
+        pixels = _any_pixels(im, mode, icc is not None) if decode else None
+        return pixels, _pillow_info(source, im, 1 if deep else len(mode), 16 if deep else 8,
+                                    icc, notes)
+
+
+def _any_pixels(im: Image.Image, mode: str, profiled: bool) -> np.ndarray:
+    """Pixels of a Pillow image in ``mode`` (from :func:`_read_any`)."""
+    im.load()
+    if mode == "F":
+        return np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32)), 0, 1)
+    if mode in _GREY16:
+        return np.clip(np.asarray(im).astype(np.int64), 0, 65535).astype(np.uint16)
+    return np.asarray(_converted(im, mode, profiled))

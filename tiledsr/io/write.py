@@ -1,19 +1,12 @@
-"""Write images atomically: PNG and TIFF at 8 or 16 bits, JPEG and WebP at 8 bits.
+"""Write images: PNG and TIFF at 8 or 16 bits, JPEG and WebP at 8 bits, with their metadata.
 
-A file is encoded into a temporary file in the destination folder and moved into place with
-one rename, so a crash or error never leaves a partial output behind.
+:func:`write_image` checks the output first (:mod:`.checks`), then encodes into a temporary
+file that is renamed into place, or writes stdout (:mod:`.files`). Every output carries the
+Software marker ``tiledsr <version>``.
 """
 from __future__ import annotations
 
-import errno
 import functools
-import io
-import os
-import struct
-import sys
-import tempfile
-import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
@@ -22,192 +15,151 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ..errors import InputError, TiledsrError
-from .meta import (EXTENSIONS, FORMATS, normalize_exif, png_meta_chunks, quoted,
-                   tiff_append_exif_ifds, tiff_text_tags)
+from ..errors import InputError
+from .checks import FORMAT_NAMES, check_output
+from .files import _atomic_write, _encode_errors, _write_stdout
+from .meta import (PNG_DPI, SOFTWARE, exif_bytes, load_exif, normalize_exif, png_meta_chunks,
+                   quiet_libraries, quoted, tiff_append_exif_ifds, tiff_text_tags)
 
-__all__ = ["output_format", "write_image"]
+__all__ = ["software_name", "write_image"]
 
 BIGTIFF_BYTES = 2**32 - 2**25  # TIFFs with more pixel bytes than this are written as BigTIFF
 TILED_TIFF_PIXELS = 2**24  # TIFFs with more pixels than this are written in tiles, streamed
 TIFF_TILE = 512
 JPEG_QUALITY = WEBP_QUALITY = 95
 PNG_LEVEL = 3  # zlib level: about 4x faster than 6 on large outputs, files about 5-10% larger
-MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}  # libjpeg and libwebp limits
+JPEG_EXIF_BYTES = 65533  # one APP1 marker
+JPEG_ICC_BYTES = 255 * 65519  # 255 APP2 markers
+_DPI_RANGE = {"PNG": PNG_DPI, "JPEG": (1, 65535), "TIFF": (1e-3, 2**32 - 1),
+              "WEBP": (1e-3, 2**32 - 1)}  # WebP: in its EXIF
 _ROWS = 256  # rows converted at a time, to bound temporaries
-_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
-_USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS, errno.ENOTDIR)
-
-
-def output_format(path: str | Path, format: str | None) -> str:
-    """"PNG", "JPEG", "TIFF" or "WEBP" from ``format`` (any case, jpg/tif allowed) or the extension.
-
-    InputError for unknown formats or extensions, a format that contradicts a known image
-    extension, and stdout ("-") without a format.
-    """
-    name = str(path)
-    ext = "" if name == "-" else Path(name).suffix.lower()
-    by_ext = EXTENSIONS.get(ext)
-    if format is not None:
-        fmt = _ALIASES.get(format.strip().upper(), format.strip().upper())
-        if fmt not in FORMATS:
-            raise InputError(f"unknown output format {format!r}; use png, jpeg, tiff or webp")
-        if by_ext and by_ext != fmt:
-            raise InputError(f"output {quoted(name)} has the extension {ext} but the format is "
-                             f"{fmt.lower()}; rename the output or change --format")
-        return fmt
-    if name == "-":
-        raise InputError("writing to stdout ('-') needs a format; "
-                         "pass --format png, jpeg, tiff or webp")
-    if by_ext is None:
-        raise InputError(f"cannot tell the output format of {quoted(name)} from its extension "
-                         f"'{ext}'; use .png, .jpg, .tif or .webp, or pass --format")
-    return by_ext
 
 
 def write_image(dst: str | Path, image: np.ndarray, *, bit_depth: int = 8,
                 format: str | None = None, icc_profile: bytes | None = None,
                 exif: bytes | None = None, dpi: tuple[float, float] | None = None,
-                overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> None:
+                overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> tuple[str, ...]:
     """Write ``image`` (float H x W x C, C in 1..4; clipped to [0, 1] and rounded) to ``dst``.
 
     ``bit_depth`` 16 applies to PNG and TIFF; JPEG (quality 95, 4:4:4) and WebP (quality 95)
     are 8-bit, and JPEG has no alpha, so alpha is composited over white. ICC, EXIF
-    (``Exif\\0\\0`` header optional) and DPI are written where the format holds them (WebP: no
-    DPI). "-" writes to stdout and needs ``format``. Without ``overwrite`` an existing file, or
-    one of ``inputs``, is never replaced.
+    (``Exif\\0\\0`` header optional) and DPI are written where the format holds them (WebP: DPI
+    in its EXIF), with the Software marker ``tiledsr <version>``. "-" writes to stdout and needs
+    ``format``. Without ``overwrite`` an existing file, or one of ``inputs``, is never replaced.
+    Returns notes (one-line sentences) on what could not be written as asked: metadata
+    dropped, 16 bits or alpha the format cannot hold.
     """
-    # 1. Check the arguments before touching the disk.
     name = str(dst)
-    fmt = output_format(name, format)
-    image = _checked(image, name, fmt)
+    array = _checked(image, name)
     if bit_depth not in (8, 16):
-        raise InputError(f"cannot write {quoted(name)}: bit depth {bit_depth} is not 8 or 16")
-    depth = bit_depth if fmt in ("PNG", "TIFF") else 8
-    encode = functools.partial(_ENCODERS[fmt], image=image, depth=depth, icc=icc_profile or None,
-                               exif=normalize_exif(exif), dpi=tuple(dpi) if dpi else None)
-    # 2. Stdout: encode in memory, then write in one go.
+        raise InputError(f"cannot write {quoted(name, 'stdout')}: bit depth {bit_depth} is not "
+                         "8 or 16")
+    fmt = check_output(dst, format=format, size=array.shape[:2], channels=array.shape[2],
+                       overwrite=overwrite, inputs=inputs)
+    depth, notes = _depth(fmt, bit_depth, array.shape[2])
+    with quiet_libraries():
+        meta, more = _metadata(fmt, icc_profile, exif, dpi)
+    encode = functools.partial(_ENCODERS[fmt], image=array, depth=depth, **meta)
     if name == "-":
-        buffer = io.BytesIO()
+        _write_stdout(encode)
+    else:
         with _encode_errors(name):
-            encode(buffer)
-            sys.stdout.buffer.write(buffer.getvalue())
-            sys.stdout.buffer.flush()
-        return
-    # 3. A file: refuse to clobber, then write a temporary file and rename it into place.
-    path = Path(dst)
-    _check_destination(path, name, inputs, overwrite)
-    with _encode_errors(name):
-        _atomic_write(path, name, encode, overwrite)
+            _atomic_write(Path(dst), name, encode, overwrite, streamed=fmt == "TIFF")
+    return notes + more
 
 
-def _checked(image: np.ndarray, name: str, fmt: str) -> np.ndarray:
-    """``image`` as H x W x C float; InputError for other shapes, dtypes or sizes."""
+def _checked(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` as H x W x C float; InputError for other shapes or dtypes."""
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or not 1 <= array.shape[2] <= 4 or array.dtype.kind != "f" \
             or 0 in array.shape:
-        raise InputError(f"cannot write {quoted(name)}: expected a float H x W x C image with C in "
-                         f"1..4, got shape {tuple(np.shape(image))} {np.asarray(image).dtype}")
-    if max(array.shape[:2]) > MAX_SIDE.get(fmt, 2**31 - 1):
-        raise InputError(f"cannot write {quoted(name)}: {array.shape[1]}x{array.shape[0]} is "
-                         f"larger than {fmt} allows ({MAX_SIDE[fmt]} pixels a side); "
-                         "use --format tiff")
+        raise InputError(f"cannot write {quoted(name, 'stdout')}: expected a float H x W x C "
+                         f"image with C in 1..4, got shape {tuple(np.shape(image))} "
+                         f"{np.asarray(image).dtype}")
     return array
 
 
-def check_destination(dst: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> None:
-    """Raise InputError now if ``write_image`` would refuse ``dst`` (checked before any work)."""
-    if str(dst) != "-":
-        _check_destination(Path(dst), str(dst), inputs, overwrite)
+def _depth(fmt: str, bit_depth: int, channels: int) -> tuple[int, tuple[str, ...]]:
+    """The depth written, and notes on 16 bits or alpha the format cannot hold."""
+    notes = []
+    if bit_depth == 16 and fmt in ("JPEG", "WEBP"):
+        notes.append(f"{FORMAT_NAMES[fmt]} holds 8 bits per channel; the output was written at 8 bits")
+    if fmt == "JPEG" and channels in (2, 4):
+        notes.append("JPEG has no alpha channel; transparency was flattened onto white")
+    return (bit_depth if fmt in ("PNG", "TIFF") else 8), tuple(notes)
 
 
-def _check_destination(path: Path, name: str, inputs: Sequence[str | Path],
-                       overwrite: bool) -> None:
-    """InputError for a folder, a missing parent folder, an input file or an existing file."""
-    if path.is_dir():
-        raise InputError(f"cannot write {quoted(name)}: it is a folder; pass a file name")
-    if not path.parent.is_dir():
-        raise InputError(f"cannot write {quoted(name)}: the folder '{path.parent}' does not exist; "
-                         "create it first")
-    if overwrite:
-        return
-    for source in inputs:
-        if str(source) != "-" and _same_file(path, Path(source)):
-            raise InputError(f"refusing to write {quoted(name)}: it is the input file; choose "
-                             "another output name or pass --overwrite")
-    if path.exists() or path.is_symlink():
-        raise _exists(name)
+def _metadata(fmt: str, icc: bytes | None, exif: bytes | None,
+              dpi: tuple[float, float] | None) -> tuple[dict, tuple[str, ...]]:
+    """Encoder keywords (icc, exif, dpi, software) for what ``fmt`` can hold, and notes on the
+    rest: EXIF that cannot be written again, a DPI out of the format's range, an ICC profile
+    too large for JPEG."""
+    software = software_name()
+    dpi, notes = _dpi_for(fmt, dpi)
+    exif, exif_notes = _exif_for(fmt, normalize_exif(exif), software, dpi)
+    notes += exif_notes
+    if icc and fmt == "JPEG" and len(icc) > JPEG_ICC_BYTES:
+        icc = None
+        notes.append("the ICC profile is too large for JPEG and was not written")
+    return dict(icc=icc or None, exif=exif, dpi=dpi, software=software), tuple(notes)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _exif_for(fmt: str, exif: bytes | None, software: str,
+              dpi: tuple[float, float] | None) -> tuple[bytes | None, list[str]]:
+    """EXIF re-serialised with Software = ``software`` and the resolution = ``dpi`` (JPEG and
+    WebP always get EXIF; it is where WebP keeps its DPI)."""
+    value = load_exif(exif)
+    notes = ["the EXIF metadata is unreadable and was not written"] if exif and value is None \
+        else []
+    if value is None:
+        if fmt not in ("JPEG", "WEBP"):
+            return None, notes
+        value = Image.Exif()
+    value[SOFTWARE] = software
+    if dpi:
+        value[282], value[283], value[296] = float(dpi[0]), float(dpi[1]), 2  # per inch
+    data, dropped = exif_bytes(value)
+    if dropped:
+        notes.append(f"{dropped} EXIF tag(s) could not be written and were dropped")
+    if fmt == "JPEG" and data and len(data) > JPEG_EXIF_BYTES:
+        notes.append(f"the EXIF metadata ({len(data):,} bytes) is too long for JPEG; only the "
+                     "Software tag was written")
+        value = Image.Exif()
+        value[SOFTWARE] = software
+        data = value.tobytes()
+    return data, notes
+
+
+def _dpi_for(fmt: str, dpi: tuple[float, float] | None) -> tuple[tuple[float, float] | None,
+                                                                  list[str]]:
+    """``dpi`` when ``fmt`` can store it, else None and a note."""
+    if not dpi:
+        return None, []
     try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
-@contextmanager
-def _encode_errors(name: str) -> Iterator[None]:
-    """Encoder and file-system exceptions as one-line errors naming the output."""
-    try:
-        yield
-    except OSError as err:
-        text = err.strerror or " ".join(str(err).split())
-        kind = InputError if err.errno in _USER_ERRNOS else TiledsrError
-        raise kind(f"cannot write {quoted(name, 'stdout')}: {text}; check the output folder "
-                   "and its free space") from err
-    except (ValueError, RuntimeError, struct.error, zlib.error) as err:
-        text = " ".join(str(err).split()) or type(err).__name__
-        raise TiledsrError(f"cannot write {quoted(name, 'stdout')}: the encoder failed ({text}); "
-                           "try another --format") from err
-
-
-def _atomic_write(path: Path, name: str, encode: Callable[[BinaryIO], None],
-                  overwrite: bool) -> None:
-    """Encode into a hidden temporary file next to ``path``, then move it into place."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(temp, "w+b") as fh:
-            encode(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(temp, 0o666 & ~_umask())
-        _publish(temp, path, name, overwrite)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _publish(temp: str, path: Path, name: str, overwrite: bool) -> None:
-    """Rename ``temp`` to ``path``; without ``overwrite`` a hard link makes it no-clobber."""
-    if overwrite:
-        os.replace(temp, path)
-        return
-    try:
-        os.link(temp, path)
-    except FileExistsError as err:
-        raise _exists(name) from err
-    except OSError:  # no hard links on this file system: check, then rename
-        if path.exists():
-            raise _exists(name) from None
-        os.replace(temp, path)
-        return
-    os.unlink(temp)
-
-
-def _exists(name: str) -> InputError:
-    return InputError(f"refusing to write {quoted(name)}: the file already exists; "
-                      "pass --overwrite to replace it")
+        x, y = (float(v) for v in dpi)
+    except (TypeError, ValueError):
+        return None, [f"the DPI {dpi!r} is not a pair of numbers and was not written"]
+    low, high = _DPI_RANGE[fmt]
+    if not (low <= x <= high and low <= y <= high):
+        return None, [f"the DPI {x:g} x {y:g} is out of the range {fmt} can store; it was not "
+                      "written"]
+    return (x, y), []
 
 
 @functools.cache
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def software_name() -> str:
+    """The Software marker of tiledsr's outputs: ``"tiledsr <version>"``."""
+    try:
+        from .. import __version__ as version
+    except ImportError:
+        from importlib.metadata import PackageNotFoundError, version as installed
+        try:
+            version = installed("tiledsr")
+        except PackageNotFoundError:
+            version = "unknown"
+    return f"tiledsr {version}"
 
 
 def _quantize(image: np.ndarray, depth: int, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -226,20 +178,23 @@ def _quantize_all(image: np.ndarray, depth: int) -> np.ndarray:
     return out
 
 
-# Encoders: fh is a seekable binary file; image float H x W x C; exif has the Exif\0\0 header.
+# Encoders: fh is a seekable binary file; image float H x W x C; exif has the Exif\0\0 header;
+# dpi fits the format (see _dpi_for); software is the Software marker.
+
 
 def _write_png(fh: BinaryIO, *, image: np.ndarray, depth: int, icc: bytes | None,
-               exif: bytes | None, dpi: tuple[float, float] | None) -> None:
+               exif: bytes | None, dpi: tuple[float, float] | None, software: str) -> None:
     """libpng via imagecodecs (Pillow cannot write 16-bit colour); metadata chunks spliced in."""
     pixels = _quantize_all(image, depth)
     data = imagecodecs.png_encode(pixels[..., 0] if pixels.shape[2] == 1 else pixels,
                                   level=PNG_LEVEL, filter=imagecodecs.PNG.FILTER.PAETH)
-    fh.write(data[:33] + png_meta_chunks(icc, exif, dpi))  # after the signature and IHDR
+    fh.write(data[:33] + png_meta_chunks(icc, exif, dpi, software))  # after signature, IHDR
     fh.write(data[33:])
 
 
 def _write_pillow(fh: BinaryIO, *, image: np.ndarray, depth: int, icc: bytes | None,
-                  exif: bytes | None, dpi: tuple[float, float] | None, fmt: str) -> None:
+                  exif: bytes | None, dpi: tuple[float, float] | None, software: str,
+                  fmt: str) -> None:
     """JPEG (4:4:4; alpha composited over white) and WebP (grey stored as RGB) at 8 bits."""
     if fmt == "JPEG" and image.shape[2] in (2, 4):
         alpha = np.clip(image[..., -1:], 0, 1)
@@ -250,12 +205,13 @@ def _write_pillow(fh: BinaryIO, *, image: np.ndarray, depth: int, icc: bytes | N
         im = im.convert("RGBA" if im.mode == "LA" else "RGB")
     params = {"icc_profile": icc or b"", "exif": exif or b"", "quality": WEBP_QUALITY}
     if fmt == "JPEG":
-        params.update(quality=JPEG_QUALITY, subsampling=0, dpi=dpi or (0, 0))
+        params.update(quality=JPEG_QUALITY, subsampling=0,
+                      dpi=tuple(round(v) for v in dpi) if dpi else (0, 0))
     im.save(fh, fmt, **params)
 
 
 def _write_tiff(fh: BinaryIO, *, image: np.ndarray, depth: int, icc: bytes | None,
-                exif: bytes | None, dpi: tuple[float, float] | None) -> None:
+                exif: bytes | None, dpi: tuple[float, float] | None, software: str) -> None:
     """Deflate-compressed TIFF; tiled and streamed when large, BigTIFF beyond 4 GiB of pixels."""
     height, width, channels = image.shape
     dtype = np.dtype(np.uint8 if depth == 8 else np.uint16)
@@ -270,7 +226,7 @@ def _write_tiff(fh: BinaryIO, *, image: np.ndarray, depth: int, icc: bytes | Non
             extrasamples=("unassalpha",) if channels in (2, 4) else None,
             tile=(TIFF_TILE, TIFF_TILE) if tiled else None, compression="zlib", predictor=True,
             iccprofile=icc, resolution=dpi, resolutionunit="INCH" if dpi else None,
-            metadata=None, software=False, extratags=tiff_text_tags(exif))
+            metadata=None, software=software, extratags=tiff_text_tags(exif))
     if not bigtiff:
         tiff_append_exif_ifds(fh, exif)
 

@@ -1,0 +1,276 @@
+"""Files and stdout: atomic writes through short temporary files, and checked writes to stdout.
+
+A file is encoded into a temporary file in the destination folder (``.tiledsr-<pid>-<6
+chars>.tmp``, created only when encoding starts, removed on any exception, KeyboardInterrupt
+included) and moved into place with one rename, so a crash, a signal or a full disk never
+leaves a partial output behind and never touches an existing file; :func:`remove_stale_temps`
+clears what a killed run left. stdout is written with ``os.write`` and checked: a reader that
+goes away is an error, never success.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import random
+import re
+import select
+import stat
+import string
+import sys
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from ..errors import InputError, OutOfMemory, TiledsrError
+from .meta import quiet_libraries, quoted
+
+__all__ = ["remove_stale_temps"]
+
+_USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS, errno.ENOTDIR)
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+TEMP_PREFIX = ".tiledsr-"
+_TEMP = re.compile(r"\.tiledsr-(\d{1,12})-[a-z0-9]{6}\.tmp")
+_OLD_TEMP = r"[a-z0-9_]{8}\.tmp"  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), before 0.2
+_NAMES = random.Random()  # private: never disturbs the caller's random state
+
+
+def _exists(name: str) -> InputError:
+    return InputError(f"refusing to write {quoted(name)}: the file already exists; "
+                      "pass --overwrite to replace it")
+
+
+def _text(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+def _fileno(stream: object) -> int | None:
+    try:
+        return stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+
+def _atomic_write(path: Path, name: str, encode: Callable[[BinaryIO], None], overwrite: bool,
+                  streamed: bool) -> None:
+    """Encode into a temporary file next to ``path``, then move it into place.
+
+    Unless ``streamed``, the image is encoded in memory first, so the temporary file exists
+    only while bytes are written. The file is created inside the ``try``: whatever is raised
+    from then on (KeyboardInterrupt, a signal's exception, a full disk) removes it.
+    """
+    if not streamed:
+        buffer = io.BytesIO()
+        with quiet_libraries():
+            encode(buffer)
+        payload = buffer.getbuffer()
+        encode = lambda fh: fh.write(payload)  # noqa: E731
+    temp = _temp_path(path.parent)
+    try:
+        with _create_temp(temp) as fh:
+            with quiet_libraries():
+                encode(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _publish(temp, path, name, overwrite)
+    except BaseException:
+        _discard(temp)
+        raise
+
+
+def _temp_path(folder: Path) -> Path:
+    """A free temporary name in ``folder``: ``.tiledsr-<pid>-<6 random chars>.tmp`` (27
+    characters at most, whatever the output's name); nothing is created."""
+    while True:
+        tag = "".join(_NAMES.choices(string.ascii_lowercase + string.digits, k=6))
+        temp = folder / f"{TEMP_PREFIX}{os.getpid()}-{tag}.tmp"
+        if not os.path.lexists(temp):
+            return temp
+
+
+def _create_temp(temp: Path) -> BinaryIO:
+    """Create ``temp`` (never an existing file) for reading and writing, mode 0o666 - umask."""
+    return open(temp, "x+b")
+
+
+def _discard(temp: Path) -> None:
+    try:
+        os.unlink(temp)
+    except OSError:
+        pass
+
+
+def _publish(temp: Path, path: Path, name: str, overwrite: bool) -> None:
+    """Rename ``temp`` to ``path``; without ``overwrite`` a hard link makes it no-clobber."""
+    if overwrite:
+        os.replace(temp, path)
+        return
+    try:
+        os.link(temp, path)
+    except FileExistsError as err:
+        raise _exists(name) from err
+    except OSError:  # no hard links on this file system: check, then rename
+        if os.path.lexists(path):
+            raise _exists(name) from None
+        os.replace(temp, path)
+        return
+    os.unlink(temp)
+
+
+def remove_stale_temps(path: str | Path) -> int:
+    """Remove temporary files that killed runs of tiledsr left; returns how many.
+
+    ``path`` is an output file (its folder is cleaned, including the older
+    ``.NAME.XXXXXXXX.tmp`` files of that output) or a folder. Only regular files named
+    ``.tiledsr-<pid>-<6 chars>.tmp`` whose process is gone are removed; never a live
+    process's file, never anything else. Errors are ignored.
+    """
+    if str(path) == "-":
+        return 0
+    target = Path(path)
+    folder, old = (target, None) if target.is_dir() else (target.parent, target.name)
+    old_temp = re.compile(re.escape(f".{old}.") + _OLD_TEMP) if old else None
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    removed = 0
+    for entry in names:
+        match = _TEMP.fullmatch(entry)
+        stale = (match is not None and not _alive(int(match.group(1)))) \
+            or (old_temp is not None and old_temp.fullmatch(entry) is not None)
+        removed += stale and _remove_file(folder / entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (True when unsure)."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:  # beyond any process id
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True
+
+
+def _remove_file(path: Path) -> bool:
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+class _encode_errors:
+    """Encoder and file-system exceptions as one-line errors naming the output."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, err: BaseException | None, tb: object) -> bool:
+        if err is None or not isinstance(err, Exception) or isinstance(err, TiledsrError):
+            return False
+        raise _write_error(quoted(self.name, "stdout"), err) from err
+
+
+def _write_error(where: str, err: Exception) -> TiledsrError:
+    if isinstance(err, MemoryError):
+        return OutOfMemory(f"cannot write {where}: not enough memory to encode it; free memory "
+                           "or write a smaller image")
+    if not isinstance(err, OSError):
+        return TiledsrError(f"cannot write {where}: the encoder failed ({_text(err)}); try "
+                            "another --format")
+    text = (err.strerror or _text(err))
+    if err.errno in _FULL_ERRNOS:
+        return TiledsrError(f"cannot write {where}: the disk is full ({text}); nothing was "
+                            "written; free some space or write elsewhere")
+    kind = InputError if err.errno in _USER_ERRNOS else TiledsrError
+    return kind(f"cannot write {where}: {text}; check the output folder and its free space")
+
+
+def _write_stdout(encode: Callable[[BinaryIO], None]) -> None:
+    """Encode in memory, then write every byte to stdout or raise TiledsrError (exit 1)."""
+    buffer = io.BytesIO()
+    with _encode_errors("-"), quiet_libraries():
+        encode(buffer)
+    data = buffer.getbuffer()
+    done = 0
+    try:
+        stream = sys.stdout
+        stream.flush()  # text written before the image goes first
+        fd = _fileno(stream)
+        if fd is None:
+            done = _write_buffered(getattr(stream, "buffer", stream), data)
+        else:
+            for done in _write_fd(fd, data):
+                pass
+    except OSError as err:
+        _silence_stdout()
+        raise _stdout_error(err, done, len(data)) from err
+
+
+def _write_fd(fd: int, data: memoryview) -> Iterator[int]:
+    """os.write ``data`` to ``fd`` in a loop, yielding the bytes written so far."""
+    done = 0
+    while done < len(data):
+        try:
+            count = os.write(fd, data[done: done + 2**20])
+        except BlockingIOError:  # a non-blocking pipe is full: wait, then go on
+            select.select([], [fd], [])
+            continue
+        if count <= 0:
+            raise OSError(errno.EIO, "stdout took no more data")
+        done += count
+        yield done
+
+
+def _write_buffered(stream: BinaryIO, data: memoryview) -> int:
+    """An in-memory binary stream (no file descriptor): write and flush."""
+    try:
+        count = stream.write(data)
+        stream.flush()
+    except TypeError as err:  # a text-only stream
+        raise OSError(errno.EINVAL, "stdout takes only text") from err
+    if count is not None and count < len(data):
+        raise OSError(errno.EIO, "stdout took no more data")
+    return len(data)
+
+
+def _stdout_error(err: OSError, done: int, total: int) -> TiledsrError:
+    incomplete = f"after {done:,} of {total:,} bytes; the output is incomplete"
+    if isinstance(err, BrokenPipeError) or err.errno == errno.EPIPE:
+        return TiledsrError(f"stdout was closed {incomplete}")
+    if err.errno in _FULL_ERRNOS:
+        return TiledsrError(f"cannot write stdout: the disk is full {incomplete}")
+    return TiledsrError(f"cannot write stdout: {(err.strerror or _text(err))} {incomplete}")
+
+
+def _silence_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null after a failed write, so nothing left in
+    its buffers raises again when the interpreter exits."""
+    stream = sys.stdout
+    fd = _fileno(stream)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        if fd is not None:
+            os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
