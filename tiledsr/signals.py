@@ -1,0 +1,104 @@
+"""Signals and prompt cancellation for the command line.
+
+SIGINT, SIGTERM and SIGHUP all raise :class:`Interrupted` (a ``KeyboardInterrupt``) in the
+main thread, so every ``try/finally`` on the way out runs: temporary files are removed and
+one line is printed. The exit code is 128 + the signal number (130, 143, 129).
+
+Long computations run through :func:`run_interruptibly`: the work runs in a helper thread
+while the main thread waits in short steps, so a signal takes effect within a fraction of a
+second even while a model spends tens of seconds on one tile (the model libraries release
+the GIL). The abandoned work is told to stop at its next progress report and its events are
+dropped, so nothing is printed after the error line.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Callable, TypeVar
+
+__all__ = ["Interrupted", "exit_code", "install", "run_interruptibly"]
+
+T = TypeVar("T")
+_HANDLED = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+                 if s is not None)
+_WAIT = 0.05  # seconds the main thread sleeps between looks at the worker
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread when SIGINT, SIGTERM or SIGHUP arrives."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(exc: BaseException) -> int:
+    """128 + signal number for an interruption (130 for a plain KeyboardInterrupt)."""
+    return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+def _raise(signum: int, frame) -> None:
+    # Later signals are ignored while the first one unwinds and cleans up.
+    for s in _HANDLED:
+        if signal.getsignal(s) is _raise:
+            signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def install() -> Callable[[], None]:
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (main thread only), except the
+    ones that are ignored already. Returns a function that puts the previous handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    # A signal the parent asked us to ignore (nohup, background jobs) stays ignored.
+    previous = {s: signal.signal(s, _raise) for s in _HANDLED if signal.getsignal(s) is not signal.SIG_IGN}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return restore
+
+
+class Abandoned:
+    """Set once the main thread has given up on the worker; progress callbacks check it."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+
+    def set(self) -> None:
+        self._flag.set()
+
+    def __bool__(self) -> bool:
+        return self._flag.is_set()
+
+
+def run_interruptibly(fn: Callable[[], T], abandoned: Abandoned | None = None) -> T:
+    """``fn()`` in a daemon thread while the main thread stays responsive to signals.
+
+    Returns ``fn``'s result or re-raises its exception. If the main thread is interrupted
+    while waiting, ``abandoned`` is set (so the work's progress callback can stop it) and the
+    interruption propagates at once; the worker finishes its current call in the background.
+    Called from a thread other than the main one, it simply calls ``fn()``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the main thread, re-raised there
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="tiledsr-work", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(_WAIT)
+    except BaseException:
+        if abandoned is not None:
+            abandoned.set()
+        raise
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
