@@ -34,6 +34,11 @@ def upscale(src: Any, dst: str | Path | None = None, *, preset: str = "photo-x4"
         image, info = tio.read_image(src, max_pixels or tio.DEFAULT_MAX_PIXELS)
     else:
         image = from_any(src)
+    if dst is not None:  # refuse a bad destination before the work, not after it
+        plan = pipe.plan((image.shape[1], image.shape[0]), image.shape[2])
+        tio.check_output(dst, format=format or pipe.preset.output.format, size=plan.output_size,
+                         channels=image.shape[2], bit_depth=pipe.preset.output.bit_depth, overwrite=overwrite,
+                         inputs=[src] if info is not None else ())
     out = pipe.run_array(image, progress)
     depth = pipe.preset.output.bit_depth or (info.bit_depth if info else 8)
     if dst is not None:

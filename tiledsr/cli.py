@@ -1,115 +1,215 @@
-"""Command line: ``tiledsr upscale | plan | presets | models``. Errors are one line and an exit code."""
+"""Command line: ``tiledsr upscale | plan | presets | models``.
+
+Every failure ends in one line on stderr (with ``--progress json``, one ``error`` event) and
+one of these exit codes: 0 success; 1 anything else (a full disk, stdout closed by its reader,
+a bug); 2 bad input, preset or argument; 3 a model is not available; 4 out of memory;
+128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), with no partial output.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import re
 import sys
+import threading
 import time
 import traceback
-from pathlib import Path
-from typing import Sequence
+import warnings
+from typing import Iterator, Sequence
 
-from .errors import InputError, OutOfMemory, TiledsrError
+from . import __version__, quiet, signals
+from .errors import InputError, TiledsrError
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
-EXT_OF = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "webp": ".webp"}
+MAX_PIXELS_A_SIDE = 2**20
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit code 2
-        raise InputError(f"{self.prog}: {message} (see --help)")
+        raise InputError(f"{message} (see {self.prog} --help)")
 
 
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text[:40]!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text[:40]!r}")
     return v
 
 
-def _int_at_least(low: int):
+def _int_in(low: int, high: int):
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high}, got {text[:40]}")
         return v
     return parse
 
 
 def _size(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
-    if not m or 0 in (int(m[1]), int(m[2])):
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels like 4096x2048, got {text!r}")
+    m = re.fullmatch(r"(\d{1,8})[xX](\d{1,8})", text.strip())
+    if not m or not all(0 < int(v) <= MAX_PIXELS_A_SIDE for v in m.groups()):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels like 4096x2048, each side in "
+                                         f"1..{MAX_PIXELS_A_SIDE}, got {text[:40]!r}")
     return int(m[1]), int(m[2])
 
 
 def _device(text: str) -> str:
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text[:40]!r}")
     return text
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    side = _int_in(1, MAX_PIXELS_A_SIDE)
     p.add_argument("--preset", default="photo-x4", help="bundled preset name or YAML file (default photo-x4)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=_positive_float, help="final scale factor, e.g. 2 or 3.5")
     size.add_argument("--size", type=_size, help="exact final size WIDTHxHEIGHT")
-    p.add_argument("--width", type=_int_at_least(1), help="final width (height follows the aspect unless given)")
-    p.add_argument("--height", type=_int_at_least(1), help="final height (width follows the aspect unless given)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                   help="override a preset value, e.g. sr.model=x4plus-anime or tile=512 (repeatable)")
-    p.add_argument("--tile", type=_int_at_least(1), help="tile size in output pixels (all stages)")
-    p.add_argument("--overlap", type=_int_at_least(0), help="tile overlap in output pixels (all stages)")
-    p.add_argument("--device", type=_device, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--max-pixels", type=_int_at_least(1), help="largest input in pixels (decompression-bomb guard)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--width", type=side, help="final width (height follows the aspect unless given)")
+    p.add_argument("--height", type=side, help="final height (width follows the aspect unless given)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value: STAGE.KEY=VALUE (stage type or index), output.KEY=VALUE "
+                        "or a top-level KEY=VALUE, e.g. sr.model=x4plus-anime or tile=512 (repeatable)")
+    p.add_argument("--tile", type=side, help="tile size in output pixels (all stages)")
+    p.add_argument("--overlap", type=_int_in(0, MAX_PIXELS_A_SIDE), help="tile overlap in output pixels (all stages)")
+    p.add_argument("--device", type=_device, help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="model precision; auto is fp16 on CUDA and fp32 elsewhere")
+    p.add_argument("--seed", type=_int_in(0, 2**63 - 1), help="random seed of the diffusion stages (default 0)")
+    p.add_argument("--max-pixels", type=_int_in(1, 2**40),
+                   help="largest input in pixels (decompression-bomb guard, default 268435456)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow replacing existing files (an image may replace its own input)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tiledsr", description="Tiled image upscaling (Real-ESRGAN, Lanczos; diffusion to come).")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+    parser = _Parser(prog="tiledsr", description="Tiled image upscaling: Real-ESRGAN, Lanczos and diffusion "
+                     "stages (SD x2 latent upscaler, SD x4, img2img) chained and run tile by tile.",
+                     epilog="Exit codes: 0 done, 1 other failure, 2 bad input, 3 model not available, "
+                     "4 out of memory, 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP.")
+    parser.add_argument("--version", action="version", version=f"tiledsr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True, metavar="COMMAND")
 
     up = sub.add_parser("upscale", help="upscale images")
     up.add_argument("inputs", nargs="*", metavar="INPUT",
                     help="image files, folders, or - for stdin (none when the preset starts with txt2img)")
     out = up.add_mutually_exclusive_group()
     out.add_argument("-o", "--output", help="output file (one input), or - for stdout")
-    out.add_argument("--out-dir", help="folder for the outputs")
+    out.add_argument("--out-dir", help="folder for the outputs (created if missing)")
     _add_run_options(up)
-    up.add_argument("--seed", type=_int_at_least(0))
-    up.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
-    up.add_argument("--overwrite", action="store_true", help="allow replacing existing files, even the input")
-    up.add_argument("--format", choices=["png", "jpeg", "tiff", "webp"], help="output format")
+    up.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                    help="progress on stderr: a bar (default), JSON lines for programs, or nothing")
+    up.add_argument("--format", choices=["png", "jpeg", "tiff", "webp"],
+                    help="output format (default: the output's extension, else the input's format)")
 
     pl = sub.add_parser("plan", help="show sizes, tiles and memory for a run; loads no model")
-    pl.add_argument("input", metavar="INPUT", nargs="?", help="image (not needed when the preset starts with txt2img)")
+    pl.add_argument("input", metavar="INPUT", nargs="?", help="image (none when the preset starts with txt2img)")
     _add_run_options(pl)
-    pl.add_argument("--preview", metavar="GRID.png", help="draw the tile grid over the image")
+    pl.add_argument("--preview", metavar="GRID.png", help="draw the tile grid over the image into this file")
 
     pr = sub.add_parser("presets", help="list presets, or show one resolved")
     pr.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    pr.add_argument("name", nargs="?")
+    pr.add_argument("name", nargs="?", help="bundled preset name or YAML file")
 
     mo = sub.add_parser("models", help="list known models and whether they are available offline; fetch one")
     mo.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
     mo.add_argument("model_id", nargs="?", metavar="ID", help="hub id to download into the Hugging Face cache")
-    mo.add_argument("--debug", action="store_true", help="show tracebacks")
+    mo.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
     return parser
+
+
+class Console:
+    """stderr for one command: progress events (bar or JSON), warnings and the final error line.
+
+    Events from an abandoned worker thread are dropped, so nothing follows the error line.
+    """
+
+    def __init__(self, json_mode: bool):
+        self.json_mode = json_mode
+        self.t0 = time.perf_counter()
+        self.abandoned = signals.Abandoned()
+        self._lock = threading.Lock()
+        self._sinks: list = []
+        if json_mode:
+            from .progress import JsonRenderer
+            self._sinks.append(JsonRenderer())
+
+    def use_bar(self) -> None:
+        from .progress import BarRenderer
+        self._sinks.append(BarRenderer())
+
+    def emit(self, event: str, **fields) -> bool | None:
+        """Send an event to the renderers; False once the work is abandoned (cancels it)."""
+        from .progress import ProgressEvent
+
+        with self._lock:
+            if self.abandoned:
+                return False
+            fields.setdefault("elapsed", round(time.perf_counter() - self.t0, 3))
+            self._send(ProgressEvent(event, **fields))
+        return None
+
+    def _send(self, ev) -> None:
+        with quiet.LOCK, contextlib.suppress(OSError, ValueError, AttributeError):  # no stderr: nothing to tell
+            for sink in self._sinks:
+                sink(ev)
+
+    def warn(self, message: str) -> None:
+        """One warning line (a ``warning`` event in JSON mode)."""
+        message = " ".join(message.split())
+        if self.json_mode:
+            self.emit("warning", message=message)
+        else:
+            self.close()
+            _to_stderr(f"tiledsr: warning: {message}")
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            if hasattr(sink, "close"):
+                sink.close()
+
+    def fail(self, code: int, message: str) -> int:
+        """Abandon the work, then print the one error line; returns ``code``."""
+        from .progress import ProgressEvent
+
+        message = " ".join(message.split())
+        with self._lock:
+            self.abandoned.set()
+            self.close()
+            if self.json_mode:
+                ev = ProgressEvent("error", message=message, code=code,
+                                   elapsed=round(time.perf_counter() - self.t0, 3))
+                self._send(ev)
+            else:
+                _to_stderr(f"tiledsr: error: {message}")
+        return code
+
+    def interruptible(self, fn):
+        """``fn()`` in a worker thread, so that signals act at once (see :mod:`tiledsr.signals`)."""
+        return signals.run_interruptibly(fn, self.abandoned)
+
+
+def _to_stderr(line: str) -> None:
+    with quiet.LOCK, contextlib.suppress(OSError, ValueError, AttributeError):  # never into a redirect
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def _pipeline(args):
     from .pipeline import Pipeline, Target
 
     overrides = {k: getattr(args, k) for k in ("tile", "overlap") if getattr(args, k) is not None}
-    if getattr(args, "seed", None) is not None:
+    if args.seed is not None:
         overrides["seed"] = args.seed
     width, height = args.size if args.size else (args.width, args.height)
     if args.scale is not None and (width or height):
@@ -119,94 +219,82 @@ def _pipeline(args):
                                 precision=args.precision, target=target)
 
 
-def _expand_inputs(inputs: Sequence[str]) -> list[str]:
-    files: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if item != "-" and p.is_dir() and p.suffix.lower() not in IMAGE_EXTS:
-            found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-            if not found:
-                raise InputError(f"folder {item!r} holds no .png, .jpg, .tif or .webp images")
-            files += found
-        else:
-            files.append(item)
-    return files
+def _generates(pipe) -> bool:
+    return pipe.stages[0].consumes == "nothing"
 
 
-def _output_path(args, src: str, info, factor: float, several: bool) -> str:
-    fmt = args.format
-    if args.output:
-        if several:
-            raise InputError("-o names one output file but there are several inputs; use --out-dir DIR")
-        return args.output
-    if src == "-":
-        raise InputError("reading from stdin needs -o OUT (or -o - for stdout)")
-    p = Path(src)
-    ext = EXT_OF[fmt] if fmt else p.suffix
-    name = f"{p.stem}_x{factor:g}{ext}"
-    return str(Path(args.out_dir) / name) if args.out_dir else str(p.with_name(name))
+def _no_input_for(pipe) -> InputError:
+    return InputError(f"preset {pipe.preset.name!r} generates its image (its first stage is "
+                      f"{pipe.stages[0].type}); give no INPUT, only -o OUT")
 
 
-def cmd_upscale(args, emit) -> int:
+def cmd_upscale(args, console: Console) -> int:
     from . import io as tio
+    from .batch import plan_jobs
 
-    # 1. Validate everything before loading any model.
+    # 1. Check everything (inputs, outputs, models, memory) before loading any model.
     pipe = _pipeline(args)
-    if pipe.stages[0].consumes == "nothing":
-        return _generate(args, pipe, emit)
+    if _generates(pipe):
+        if args.inputs:
+            raise _no_input_for(pipe)
+        return _generate(args, pipe, console)
     if not args.inputs:
-        raise InputError("upscale needs at least one INPUT image, folder or - (see --help)")
+        raise InputError("upscale needs at least one INPUT image, folder or - (see tiledsr upscale --help)")
     max_pixels = args.max_pixels or tio.DEFAULT_MAX_PIXELS
-    files = _expand_inputs(args.inputs)
-    if files.count("-") > 1:
-        raise InputError("stdin (-) can be read only once")
-    infos = {f: tio.probe(f, max_pixels) for f in files if f != "-"}
-    if args.out_dir:
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for f in files:
-        info = infos.get(f)
-        if info is None:
-            jobs.append((f, None, args.output or "", None))
-            continue
-        oh, ow = pipe.plan((info.width, info.height), info.channels).output_size
-        dst = _output_path(args, f, info, round(ow / info.width, 2), len(files) > 1)
-        fmt = tio.output_format(dst, args.format or pipe.preset.output.format or (None if dst != "-" else info.format))
-        tio.check_destination(dst, inputs=files, overwrite=args.overwrite)
-        jobs.append((f, info, dst, fmt))
-    # 2. Load models, then run each input.
-    pipe.load()
-    for src, _, dst, fmt in jobs:
-        image, info = tio.read_image(src, max_pixels)
-        if src == "-":
-            dst = _output_path(args, src, info, 0, False)
-            fmt = tio.output_format(dst, args.format or pipe.preset.output.format or info.format)
-        emit("start", input=src, output=dst)
-        out = pipe.run_array(image, progress=lambda ev: emit(ev.event, **_fields(ev, src)))
-        tio.write_image(dst, out, bit_depth=pipe.preset.output.bit_depth or info.bit_depth, format=fmt,
-                        icc_profile=info.icc_profile, exif=info.exif, dpi=info.dpi,
-                        overwrite=args.overwrite, inputs=[f for f in files if f != "-"])
-        emit("done", input=src, output=dst)
+    batch = plan_jobs(pipe, args.inputs, output=args.output, out_dir=args.out_dir, format=args.format,
+                      overwrite=args.overwrite, max_pixels=max_pixels)
+    for line in batch.warnings:
+        console.warn(line)
+    # 2. Load the models, then run and write each image.
+    if args.progress == "bar":
+        console.use_bar()
+    console.interruptible(pipe.load)
+    inputs = [j.src for j in batch.jobs if j.src != "-"]
+    for job in batch.jobs:
+        console.emit("start", input=job.src, output=job.dst)
+        out, info = _upscale_one(pipe, console, job.src, max_pixels)
+        notes = tio.write_image(job.dst, out, bit_depth=pipe.preset.output.bit_depth or info.bit_depth,
+                                format=job.format, icc_profile=info.icc_profile, exif=info.exif, dpi=info.dpi,
+                                overwrite=args.overwrite, inputs=inputs)
+        for note in (*info.notes, *notes):
+            console.warn(f"{job.src}: {note}")
+        console.emit("done", input=job.src, output=job.dst)
     return 0
 
 
-def _generate(args, pipe, emit) -> int:
-    """A preset whose first stage is a source (txt2img): no input, one output."""
+def _upscale_one(pipe, console: Console, src: str, max_pixels: int):
+    """Read ``src`` and run it through ``pipe`` (interruptibly): (float32 image, its ImageInfo)."""
     from . import io as tio
 
-    if args.inputs:
-        raise InputError(f"preset {pipe.preset.name!r} generates its image (its first stage is "
-                         f"{pipe.stages[0].type}); give no INPUT, only -o OUT")
+    image, info = tio.read_image(src, max_pixels)
+    progress = lambda ev: console.emit(ev.event, **_fields(ev, src))  # noqa: E731
+    return console.interruptible(lambda: pipe.run_array(image, progress)), info
+
+
+def _generate(args, pipe, console: Console) -> int:
+    """A preset whose first stage is a source (txt2img): no input, one output."""
+    from . import io as tio
+    from .machine import total_memory
+
     if not args.output:
         raise InputError("a generating preset needs -o OUT (or -o - for stdout)")
-    fmt = tio.output_format(args.output, args.format or pipe.preset.output.format)
-    tio.check_destination(args.output, overwrite=args.overwrite)
-    pipe.load()
-    emit("start", output=args.output)
-    out = pipe.run_array(None, progress=lambda ev: emit(ev.event, **_fields(ev, "")))
-    tio.write_image(args.output, out, bit_depth=pipe.preset.output.bit_depth or 8, format=fmt,
-                    overwrite=args.overwrite)
-    emit("done", output=args.output)
+    pipe.check_models()
+    plan = pipe.plan((0, 0), 3)
+    plan.check_fits(total_memory())
+    fmt = tio.check_output(args.output, format=args.format or pipe.preset.output.format, size=plan.output_size,
+                           channels=3, bit_depth=pipe.preset.output.bit_depth, overwrite=args.overwrite)
+    if args.output != "-":
+        tio.remove_stale_temps(args.output)
+    if args.progress == "bar":
+        console.use_bar()
+    console.interruptible(pipe.load)
+    console.emit("start", output=args.output)
+    out = console.interruptible(lambda: pipe.run_array(
+        None, progress=lambda ev: console.emit(ev.event, **_fields(ev, ""))))
+    for note in tio.write_image(args.output, out, bit_depth=pipe.preset.output.bit_depth or 8, format=fmt,
+                                overwrite=args.overwrite):
+        console.warn(note)
+    console.emit("done", output=args.output)
     return 0
 
 
@@ -218,26 +306,26 @@ def _fields(ev, src: str) -> dict:
     return d
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 def cmd_plan(args) -> int:
     from . import io as tio
+    from .machine import format_bytes, total_memory
 
+    # 1. The same checks as upscale, so that plan and upscale agree on what they accept.
     pipe = _pipeline(args)
+    max_pixels = args.max_pixels or tio.DEFAULT_MAX_PIXELS
+    if _generates(pipe) and args.input is not None:
+        raise _no_input_for(pipe)
+    if not _generates(pipe) and args.input is None:
+        raise InputError("plan needs an INPUT image for this preset")
+    info = tio.probe(args.input, max_pixels) if args.input is not None else None
+    plan = pipe.plan((info.width, info.height), info.channels) if info else pipe.plan((0, 0), 3)
+    if args.preview:
+        if info is None:
+            raise InputError("--preview draws the tiles over the input; this preset has no input image")
+        tio.check_output(args.preview, overwrite=args.overwrite, inputs=[args.input])
+    # 2. Print the plan.
     print(f"preset {pipe.preset.name}: {pipe.preset.description}")
-    if args.input is None:
-        if pipe.stages[0].consumes != "nothing":
-            raise InputError("plan needs an INPUT image for this preset")
-        plan = pipe.plan((0, 0), 3)
-    else:
-        info = tio.probe(args.input, args.max_pixels or tio.DEFAULT_MAX_PIXELS)
-        plan = pipe.plan((info.width, info.height), info.channels)
+    if info is not None:
         print(f"input  {args.input}: {info.width}x{info.height}, {info.channels} channel(s), {info.bit_depth}-bit")
     for st in plan.stages:
         (ih, iw), (oh, ow) = st.input_size, st.output_size
@@ -247,16 +335,32 @@ def cmd_plan(args) -> int:
             g = st.grid
             print(f"  tiles: {len(g.xs)} x {len(g.ys)} = {len(g)} of {g.tile_w}x{g.tile_h} output px,"
                   f" overlap >= {g.overlap}; redundant compute {st.redundancy:.2f}x")
-        print(f"  memory: working set {_fmt_bytes(st.tile_memory)}, output canvas {_fmt_bytes(st.canvas_memory)}")
+        print(f"  memory: working set {format_bytes(st.tile_memory)}, output canvas {format_bytes(st.canvas_memory)}")
     oh, ow = plan.output_size
-    print(f"output {ow}x{oh}; estimated peak memory {_fmt_bytes(plan.peak_memory)}")
-    if args.preview and args.input is not None:
+    print(f"output {ow}x{oh}; estimated peak memory {format_bytes(plan.peak_memory)}")
+    for line in _plan_warnings(pipe, plan, total_memory()):
+        print(f"warning: {line}")
+    # 3. The tile grid over the image.
+    if args.preview:
         from .preview import draw_grid
 
-        image, _ = tio.read_image(args.input, args.max_pixels or tio.DEFAULT_MAX_PIXELS)
-        tio.write_image(args.preview, draw_grid(image, plan), overwrite=True, inputs=[args.input])
+        image, _ = tio.read_image(args.input, max_pixels)
+        tio.write_image(args.preview, draw_grid(image, plan), overwrite=args.overwrite, inputs=[args.input])
         print(f"preview written to {args.preview}")
     return 0
+
+
+def _plan_warnings(pipe, plan, total: int | None) -> list[str]:
+    """What upscale would complain about: slow tilings, missing models, memory beyond the machine."""
+    from .errors import ModelNotAvailable, OutOfMemory
+
+    lines = list(plan.warnings)
+    for check in (pipe.check_models, lambda: plan.check_fits(total)):
+        try:
+            check()
+        except (ModelNotAvailable, OutOfMemory) as exc:
+            lines.append(f"upscale would stop here: {exc}")
+    return lines
 
 
 def cmd_presets(args) -> int:
@@ -273,39 +377,61 @@ def cmd_presets(args) -> int:
     return 0
 
 
-DIFFUSION_MODELS = {
-    "stabilityai/sd-x2-latent-upscaler": "Stable Diffusion x2 latent upscaler (stage latent-x2)",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "Stable Diffusion 1.5 (stages img2img, txt2img)",
-}
-
-
 def cmd_models(args) -> int:
     from .models import known_models
 
     if args.action == "fetch":
         return _fetch(args.model_id)
+    if args.model_id:
+        raise InputError(f"unexpected {args.model_id[:40]!r}: did you mean `tiledsr models fetch {args.model_id[:40]}`?")
     for m in known_models():
         state = "available" if m["available"] else "not available"
         print(f"{m['name']:14s} x{m['scale']} {m['arch']:8s} {state:14s} {m['description']}")
         print(f"{'':14s} from {m['location'] or m['source']}")
+    for model_id, users in _preset_models().items():
+        print(f"{model_id} {_availability(model_id)}: used by {', '.join(users)}")
+        print(f"{'':14s} from the Hugging Face cache or a local diffusers folder; "
+              f"`tiledsr models fetch {model_id}` downloads it when online")
+    return 0
+
+
+def _preset_models() -> dict[str, list[str]]:
+    """Diffusion model id -> the bundled presets (and stages) that use it."""
+    from .presets import load_preset, preset_names
+
+    found: dict[str, dict[str, None]] = {}
+    for name in preset_names():
+        for st in load_preset(name).stages:
+            model = getattr(st.config, "model", None)
+            if st.type != "sr" and isinstance(model, str) and model:
+                found.setdefault(model, {})[f"{name} ({st.type})"] = None
+    return {model: list(users) for model, users in found.items()}
+
+
+def _availability(model_id: str) -> str:
     try:
         from .diffusion.components import is_available
+
+        return "available" if is_available(model_id) else "not available"
     except ImportError:
-        print("diffusion models: install the diffusion extra (pip install 'tiledsr[diffusion]') to use them")
-        return 0
-    for model_id, what in DIFFUSION_MODELS.items():
-        state = "available" if is_available(model_id) else "not available"
-        print(f"{model_id} {state}: {what}")
-        print(f"{'':14s} from the Hugging Face cache; `tiledsr models fetch {model_id}` downloads it when online")
-    return 0
+        return "not available (install the diffusion extra: pip install 'tiledsr[diffusion]')"
 
 
 def _fetch(model_id: str | None) -> int:
     """Download a diffusers model's weights and configs into the usual Hugging Face cache."""
     from .errors import ModelNotAvailable
+    from .models import known_models
 
     if not model_id:
         raise InputError("models fetch needs an ID, e.g. stabilityai/sd-x2-latent-upscaler")
+    bundled = {alias: m for m in known_models() for alias in (m["name"], *m["aliases"])}
+    if model_id.lower() in bundled:
+        m = bundled[model_id.lower()]
+        print(f"{m['name']} is bundled with tiledsr ({m['source']}); there is nothing to fetch")
+        return 0
+    if not HUB_ID.fullmatch(model_id) or ".." in model_id:
+        raise InputError(f"models fetch: {model_id[:60]!r} is not a Hugging Face model id; expected OWNER/NAME "
+                         "like stabilityai/sd-x2-latent-upscaler")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
@@ -315,63 +441,113 @@ def _fetch(model_id: str | None) -> int:
         path = snapshot_download(model_id, allow_patterns=patterns)
     except Exception as exc:  # network, offline mode, unknown repo: all mean "not available"
         raise ModelNotAvailable(f"could not download {model_id!r}: {type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:160]}") from exc
+                                f"{_shorten(str(exc), 160)}") from exc
     print(f"{model_id} is in {path}")
     return 0
 
 
+def _shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut at a word boundary to at most ``limit`` characters."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "…"
+
+
+@contextlib.contextmanager
+def _quiet_libraries(debug: bool) -> Iterator[None]:
+    """Python warnings and log records of the libraries underneath stay off stderr (unless --debug)."""
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.simplefilter("ignore")
+        saved = logging.lastResort
+        if not debug:
+            logging.lastResort = logging.NullHandler()
+        try:
+            yield
+        finally:
+            logging.lastResort = saved
+
+
+def _json_mode(argv: Sequence[str]) -> bool:
+    return "--progress=json" in argv or any(a == "--progress" and b == "json" for a, b in zip(argv, argv[1:]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code (never raises, never prints a traceback without --debug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    json_mode = "--progress=json" in argv or any(a == "--progress" and b == "json" for a, b in zip(argv, argv[1:]))
-    t0 = time.perf_counter()
-    renderer = None
-    if json_mode:
-        from .progress import JsonRenderer
-        renderer = JsonRenderer()
-    bar = None
-
-    def emit(event: str, **fields) -> None:
-        from .progress import ProgressEvent
-
-        fields.setdefault("elapsed", round(time.perf_counter() - t0, 3))
-        for sink in (renderer, bar):
-            if sink is not None:
-                sink(ProgressEvent(event, **fields))
+    console = Console(_json_mode(argv))
+    restore = signals.install()
+    if isinstance(sys.stdout, __import__("io").TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")  # odd file names never fail a print
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "upscale":
-            if args.progress == "bar":
-                from .progress import BarRenderer
-                bar = BarRenderer()
-            return cmd_upscale(args, emit)
-        if args.command == "plan":
-            return cmd_plan(args)
-        if args.command == "presets":
-            return cmd_presets(args)
-        return cmd_models(args)
-    except KeyboardInterrupt:
-        return _fail(130, "interrupted; no output was written for the image in progress", debug, emit, json_mode)
+        with _quiet_libraries(debug):
+            code = _dispatch(argv, console)
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            return code
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt as exc:
+        return _fail(console, signals.exit_code(exc), f"interrupted ({_signal_name(exc)}); no output was written "
+                     "for the image in progress", debug)
     except TiledsrError as exc:
-        return _fail(exc.exit_code, str(exc), debug, emit, json_mode)
-    except MemoryError:
-        return _fail(OutOfMemory.exit_code, "out of memory; try a smaller --tile", debug, emit, json_mode)
+        return _fail(console, exc.exit_code, str(exc), debug)
+    except BrokenPipeError:
+        return _fail(console, 1, "stdout was closed by the program reading it; the output is incomplete", debug)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, exit 1
-        if type(exc).__name__ == "OutOfMemoryError":
-            return _fail(OutOfMemory.exit_code, "out of GPU memory; try a smaller --tile", debug, emit, json_mode)
-        return _fail(1, f"unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)",
-                     debug, emit, json_mode)
+        from .errors import as_out_of_memory
+
+        oom = as_out_of_memory(exc, "this run")
+        if oom is not None:
+            return _fail(console, oom.exit_code, str(oom), debug)
+        return _fail(console, 1, f"unexpected {type(exc).__name__}: {_shorten(str(exc), 200)} "
+                     "(rerun with --debug and report it)", debug)
     finally:
-        if bar is not None:
-            bar.close()
+        console.close()
+        restore()
 
 
-def _fail(code: int, message: str, debug: bool, emit, json_mode: bool) -> int:
+def _dispatch(argv: Sequence[str], console: Console) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "upscale":
+        return cmd_upscale(args, console)
+    if args.command == "plan":
+        return cmd_plan(args)
+    if args.command == "presets":
+        return cmd_presets(args)
+    return cmd_models(args)
+
+
+def _signal_name(exc: BaseException) -> str:
+    import signal
+
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+
+
+def _fail(console: Console, code: int, message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    message = " ".join(message.split())
-    if json_mode:
-        emit("error", message=message, code=code)
-    else:
-        print(f"tiledsr: error: {message}", file=sys.stderr)
-    return code
+    return console.fail(code, message)
+
+
+def entry() -> None:
+    """The ``tiledsr`` console script: ``main()``, then an exit that prints nothing more.
+
+    Once the command's last line is out, stdout and stderr are pointed at /dev/null, so that
+    nothing printed while the interpreter shuts down (native libraries' destructors, flushes to a
+    closed pipe) reaches the user. Work abandoned on a signal is not waited for.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+    if any(t.name == "tiledsr-work" and t.is_alive() for t in threading.enumerate()):
+        os._exit(code)
+    sys.exit(code)

@@ -7,14 +7,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ModelNotAvailable, OutOfMemory
 from .imageconv import from_any, to_like
 from .presets import Preset, load_preset, validate
 from .progress import ProgressCallback, Reporter
 from .stages import Runtime, Stage, stage_class
-from .stages.resize import ResizeConfig, ResizeStage, target_size
+from .stages.resize import MAX_SIDE, ResizeConfig, ResizeStage, target_size
 
 __all__ = ["Pipeline", "Plan", "StagePlan", "Target"]
+
+REDUNDANCY_WARNING = 4.0  # plan warns when a stage computes more than this many times its output
+MEMORY_MARGIN = 2.0  # a run whose estimate exceeds this many times RAM + swap is refused up front
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class StagePlan:
     tile_memory: int
     canvas_memory: int
 
+    @property
+    def peak_memory(self) -> int:
+        """Estimated peak bytes of this stage: its tile memory plus its input and output images."""
+        return self.tile_memory + self.canvas_memory + 4 * 4 * self.input_size[0] * self.input_size[1]
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -58,8 +66,28 @@ class Plan:
 
     @property
     def peak_memory(self) -> int:
-        """Estimated peak bytes: the largest stage's tile memory plus its input and output images."""
-        return max(s.tile_memory + s.canvas_memory + 4 * 4 * s.input_size[0] * s.input_size[1] for s in self.stages)
+        """Estimated peak bytes: the stage with the largest estimate."""
+        return max(s.peak_memory for s in self.stages)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """One line per stage whose tiling computes far more than its output (the tile is too small)."""
+        return tuple(f"stage {s.index + 1} ({s.description}) computes {s.redundancy:.1f}x its output "
+                     f"with {len(s.grid)} tiles; a larger --tile is faster"
+                     for s in self.stages if s.grid is not None and s.redundancy > REDUNDANCY_WARNING)
+
+    def check_fits(self, total: int | None) -> None:
+        """OutOfMemory now when the estimate is far beyond ``total`` bytes (the machine's RAM + swap)."""
+        if not total or self.peak_memory <= MEMORY_MARGIN * total:
+            return
+        from .machine import format_bytes
+
+        s = max(self.stages, key=lambda st: st.peak_memory)
+        (h, w), tiled = s.output_size, s.grid is not None
+        hint = "try a smaller --tile or output size" if tiled else "choose a smaller output size"
+        raise OutOfMemory(f"this run needs about {format_bytes(self.peak_memory)} of memory (stage {s.index + 1}, "
+                          f"{s.description}, makes a {w}x{h} image{'' if tiled else ' in one piece'}) but this "
+                          f"machine has {format_bytes(total)} of RAM and swap; {hint}")
 
 
 def resolve_device(device: str) -> str:
@@ -132,13 +160,27 @@ class Pipeline:
         w, h = size
         rows = []
         for i, st in enumerate(self._chain(h, w)):
+            problem = st.check_tiling()
+            if problem:
+                raise InputError(f"stage {i + 1} ({st.type}): {problem}")
             oh, ow = st.output_size(h, w)
+            if max(oh, ow) > MAX_SIDE:
+                raise InputError(f"stage {i + 1} ({st.type}) would make a {ow}x{oh} image; tiledsr handles at "
+                                 f"most {MAX_SIDE} pixels a side")
             grid = st.grid(h, w)
             mem = st.memory_estimate(h, w, channels)
             rows.append(StagePlan(i, st.describe(), (h, w), (oh, ow), grid, st.redundancy(h, w),
                                   mem["tile"], mem["canvas"]))
             h, w = oh, ow
         return Plan(tuple(rows))
+
+    def check_models(self) -> None:
+        """ModelNotAvailable naming every model of the pipeline that is not available; loads none."""
+        missing = [m for st in self.stages for m in st.missing_models()]
+        if len(missing) > 1:
+            raise ModelNotAvailable(f"{len(missing)} models are not available: " + "; ".join(missing))
+        if missing:
+            raise ModelNotAvailable(missing[0])
 
     def load(self) -> None:
         """Resolve the device and load every stage's model (done on the first call otherwise)."""
@@ -169,7 +211,7 @@ class Pipeline:
             size = _size_of(data)
             grid = st.grid(*size) if size is not None else None
             rep.stage(st.type, i, len(grid) if grid is not None else 1)
-            data = st.run(data, rep.tile, image)
+            data = _run_stage(st, i, data, rep, image)
         # 3. Back to pixels.
         return self._to_pixels(data, rep, len(chain) - 1)
 
@@ -204,6 +246,22 @@ class Pipeline:
             return to_pil(self.run_array(None, progress))
         array = from_any(image)
         return to_like(self.run_array(array, progress), image)
+
+
+def _run_stage(st: Stage, index: int, data, rep: Reporter, image):
+    """``st.run``, with running out of memory reported as OutOfMemory naming the stage."""
+    from .errors import as_out_of_memory
+
+    try:
+        return st.run(data, rep.tile, image)
+    except (MemoryError, RuntimeError) as exc:
+        size = _size_of(data)
+        where = f"stage {index + 1} ({st.describe()})" + (f" on a {size[1]}x{size[0]} image" if size else "")
+        tiled = size is not None and st.grid(*size) is not None
+        oom = as_out_of_memory(exc, where, "try a smaller --tile" if tiled else "choose a smaller output size")
+        if oom is None:
+            raise
+        raise oom from exc
 
 
 def _size_of(data) -> tuple[int, int] | None:

@@ -15,7 +15,7 @@ from .errors import Cancelled
 
 __all__ = ["JsonRenderer", "BarRenderer", "ProgressCallback", "ProgressEvent", "Reporter"]
 
-EventKind = Literal["start", "stage", "progress", "done", "error"]
+EventKind = Literal["start", "stage", "progress", "done", "warning", "error"]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import InputError, ModelNotAvailable
 
-__all__ = ["Components", "is_available", "load_components", "torch_dtype"]
+__all__ = ["Components", "is_available", "load_components", "missing_message", "torch_dtype"]
 
 _PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _CACHE: dict[tuple, "Components"] = {}
@@ -61,12 +61,17 @@ def is_available(model: str) -> bool:
     return isinstance(hit, str) and os.path.isfile(hit)
 
 
-def _missing(model: str, why: str) -> ModelNotAvailable:
+def missing_message(model: str, why: str = "not a local folder and not in the Hugging Face cache") -> str:
+    """One line saying that ``model`` is not available offline, and how to get it."""
     if _is_hub_id(model):
         how = f"run `tiledsr models fetch {model}` while online, or pass a local diffusers folder"
     else:
         how = "pass a diffusers folder with unet/, vae/, text_encoder/, tokenizer/ and scheduler/ subfolders"
-    return ModelNotAvailable(f"diffusion model {model!r} is not available offline ({why}); {how}")
+    return f"diffusion model {model!r} is not available offline ({why}); {how}"
+
+
+def _missing(model: str, why: str) -> ModelNotAvailable:
+    return ModelNotAvailable(missing_message(model, why))
 
 
 def load_components(model: str, device: str, precision: str = "auto") -> Components:

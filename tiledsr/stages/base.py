@@ -105,6 +105,14 @@ class Stage:
         """One line for `tiledsr plan`."""
         return self.type
 
+    def check_tiling(self) -> str | None:
+        """What is wrong with this stage's tiling settings (e.g. a uselessly small tile), or None."""
+        return None
+
+    def missing_models(self) -> list[str]:
+        """One line per model this stage needs that is not available offline now; loads nothing."""
+        return []
+
     def load(self) -> None:
         """Load models (no-op for model-free stages). Called once before the first run."""
 

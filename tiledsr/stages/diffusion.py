@@ -46,6 +46,14 @@ class DiffusionStage(Stage):
     factor = VAE_FACTOR  # output pixels per latent pixel (refined at load from the VAE)
     prompt_kind = "sd"  # "sd" or "upscaler": how the prompt is embedded
 
+    def missing_models(self) -> list[str]:
+        from ..diffusion.components import is_available, missing_message
+
+        try:
+            return [] if is_available(self.config.model) else [missing_message(self.config.model)]
+        except ImportError:  # huggingface_hub comes with the diffusion extra
+            return [f"stage {self.type} needs the diffusion extra: pip install 'tiledsr[diffusion]'"]
+
     def load(self) -> None:
         """Load the components, the VAE codec, and the prompt embeddings (computed once per run)."""
         from ..diffusion import text

@@ -9,7 +9,9 @@ import numpy as np
 from ..resample import resize
 from .base import Stage, TileReport
 
-__all__ = ["ResizeConfig", "ResizeStage"]
+__all__ = ["MAX_SIDE", "ResizeConfig", "ResizeStage"]
+
+MAX_SIDE = 2**20  # pixels a side of any image tiledsr makes
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,8 @@ class ResizeConfig:
             return f"scale must be in (0, 64], got {self.scale}"
         for key in ("width", "height"):
             v = getattr(self, key)
-            if v is not None and v <= 0:
-                return f"{key} must be a positive number of pixels, got {v}"
+            if v is not None and not 0 < v <= MAX_SIDE:
+                return f"{key} must be a number of pixels in 1..{MAX_SIDE}, got {v}"
         return None
 
 

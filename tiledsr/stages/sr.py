@@ -13,6 +13,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from ..errors import ModelNotAvailable
 from ..resample import resize
 from ..tiling import TileGrid, output_grid, run_tiled
 from .base import Stage, StageTiling, TileReport
@@ -26,6 +27,8 @@ _BYTES_PER_OUTPUT_PIXEL = {
     ("rrdbnet", "ncnn"): 3400, ("rrdbnet", "torch"): 850,
     ("srvgg", "ncnn"): 190, ("srvgg", "torch"): 50,
 }
+
+MIN_TILE_INPUT = 16  # input pixels a tile must span at least: smaller tiles are mostly context
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,21 @@ class SRStage(Stage):
         cpu = self.runtime.device == "cpu" or (self.runtime.device == "auto" and not torch.cuda.is_available())
         ncnn = self.model.ncnn_files is not None and importlib.util.find_spec("ncnn") is not None
         return "ncnn" if cpu and ncnn else "torch"
+
+    def check_tiling(self) -> str | None:
+        least = MIN_TILE_INPUT * self.model.scale
+        if self.tiling.tile < least:
+            return (f"tile {self.tiling.tile} is below the smallest useful tile for {self.model.name}, {least} "
+                    f"output pixels ({MIN_TILE_INPUT} input pixels of a x{self.model.scale} network); "
+                    f"use --tile {least} or more")
+        return None
+
+    def missing_models(self) -> list[str]:
+        try:
+            self.model
+        except ModelNotAvailable as exc:
+            return [str(exc)]
+        return []
 
     def describe(self) -> str:
         m = self.model
