@@ -134,11 +134,13 @@ def test_signal_while_writing_leaves_no_temporary_file(tmp_path, sig):
 def test_stale_temporary_files_are_removed_by_the_next_run(tmp_path, photo, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".tiledsr-{dead.pid}-abcdef.tmp"
+    from tiledsr.io.files import HOST
+
+    stale = tmp_path / f".tiledsr-{HOST}-{dead.pid}-abcdef.tmp"
     stale.write_bytes(b"x" * 1000)
     old_style = tmp_path / ".photo_x4.png.k3j4h5g6.tmp"
     old_style.write_bytes(b"")
-    mine = tmp_path / f".tiledsr-{os.getpid()}-zzzzzz.tmp"  # a live process's: kept
+    mine = tmp_path / f".tiledsr-{HOST}-{os.getpid()}-zzzzzz.tmp"  # a live process's: kept
     mine.write_bytes(b"")
     assert run(capsys, "upscale", photo, "--preset", "lanczos", "--progress", "none")[0] == 0
     assert not stale.exists() and not old_style.exists() and mine.exists()
@@ -403,3 +405,35 @@ def test_model_names_and_files_at_fault_are_bad_input(tmp_path, photo, capsys):
         assert code == code_wanted, (spec, err)
         one_line(err)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_file_named_both_alone_and_through_its_folder_runs_once(tmp_path, photo, capsys):
+    b = tmp_path / "b"
+    b.mkdir()
+    Image.open(photo).save(b / "a.png")
+    code, _, err = run(capsys, "upscale", f"{b}/./a.png", b, "--out-dir", tmp_path / "o", "--preset", "lanczos",
+                       "--progress", "none")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["a_x4.png"]
+
+
+def test_a_stream_read_twice_gives_the_new_data(tmp_path, photo):
+    """Streams are read once per use: a second read of the same FIFO sees what was written next."""
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    other = tmp_path / "other.png"
+    Image.open(photo).rotate(180).save(other)
+    for source in (photo, other):
+        t = threading.Thread(target=lambda s=source: fifo.write_bytes(s.read_bytes()), daemon=True)
+        t.start()
+        image, _ = read_image(fifo)
+        t.join(5)
+        assert np.array_equal(image, read_image(source)[0])
+
+
+def test_models_fetch_knows_every_alias_of_the_bundled_models(capsys):
+    for alias in ("RealESRGAN_x4plus", "realesr-animevideov3", "X4PLUS-ANIME"):
+        code, out, err = run(capsys, "models", "fetch", alias)
+        assert code == 0 and "bundled" in out, (alias, err)

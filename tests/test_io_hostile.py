@@ -33,7 +33,9 @@ from tiledsr.io import write as write_module
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-TEMP_NAME = re.compile(r"\.tiledsr-\d+-[a-z0-9]{6}\.tmp")
+TEMP_NAME = re.compile(r"\.tiledsr-[0-9a-f]{4}-\d+-[a-z0-9]{6}\.tmp")
+HOST = files_module.HOST
+OTHER, OLD_OTHER = [h for h in ("ffff", "eeee", "dddd") if h != HOST][:2]  # other machines
 EXTS = ("png", "jpg", "tif", "webp")
 ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2),
          (1, 0, 2, 1))
@@ -107,7 +109,7 @@ def test_long_legal_output_names_work_and_temp_names_are_short(tmp_path, ext, mo
     notes = tio.write_image(tmp_path / name, picture())
     assert (tmp_path / name).is_file() and isinstance(notes, tuple)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
-    assert made and all(TEMP_NAME.fullmatch(p.name) and len(p.name) <= 27 for p in made)
+    assert made and all(TEMP_NAME.fullmatch(p.name) and len(p.name) <= 32 for p in made)
     assert all(p.parent == tmp_path for p in made)
 
 
@@ -181,27 +183,31 @@ def test_remove_stale_temps_removes_only_dead_runs_files(tmp_path):
         dead = dead_pid()
         out = tmp_path / "poster.tif"
         files = {
-            f".tiledsr-{dead}-abc123.tmp": True,  # a killed run's
-            f".tiledsr-99999999999-zzzzzz.tmp": True,  # no such process can exist
-            f".tiledsr-{os.getpid()}-abc123.tmp": False,  # this process's, live
-            f".tiledsr-{live.pid}-abc123.tmp": False,  # another live process's
+            f".tiledsr-{HOST}-{dead}-abc123.tmp": True,  # a killed run's
+            f".tiledsr-{HOST}-99999999999-zzzzzz.tmp": True,  # no such process can exist
+            f".tiledsr-{HOST}-{os.getpid()}-abc123.tmp": False,  # this process's, live
+            f".tiledsr-{HOST}-{live.pid}-abc123.tmp": False,  # another live process's
             ".poster.tif.k3_9abxy.tmp": True,  # the old naming of this output
             ".other.tif.k3_9abxy.tmp": False,  # the old naming of another output
             ".poster.tif.k3_9ab.tmp": False,  # not 8 characters
-            f".tiledsr-{dead}-abc12.tmp": False,  # not 6 characters
-            f"tiledsr-{dead}-abc123.tmp": False,  # not hidden
-            f".tiledsr-{dead}-abc123.tmp.bak": False,
+            f".tiledsr-{HOST}-{dead}-abc12.tmp": False,  # not 6 characters
+            f"tiledsr-{HOST}-{dead}-abc123.tmp": False,  # not hidden
+            f".tiledsr-{HOST}-{dead}-abc123.tmp.bak": False,
             "poster.tif": False, "notes.txt": False,
+            f".tiledsr-{OTHER}-{dead}-abc123.tmp": False,  # another machine's, recent
+            f".tiledsr-{OLD_OTHER}-{dead}-abc123.tmp": True,  # another machine's, untouched for two days
         }
         for name in files:
             (tmp_path / name).write_bytes(b"x")
-        (tmp_path / f".tiledsr-{dead}-dir000.tmp").mkdir()  # a folder: never removed
-        (tmp_path / f".tiledsr-{dead}-link00.tmp").symlink_to(tmp_path / "notes.txt")
+        two_days_ago = time.time() - 2 * 86400
+        os.utime(tmp_path / f".tiledsr-{OLD_OTHER}-{dead}-abc123.tmp", (two_days_ago, two_days_ago))
+        (tmp_path / f".tiledsr-{HOST}-{dead}-dir000.tmp").mkdir()  # a folder: never removed
+        (tmp_path / f".tiledsr-{HOST}-{dead}-link00.tmp").symlink_to(tmp_path / "notes.txt")
         assert tio.remove_stale_temps(out) == sum(files.values())
         left = {p.name for p in tmp_path.iterdir()}
         assert left == {n for n, gone in files.items() if not gone} | {
-            f".tiledsr-{dead}-dir000.tmp", f".tiledsr-{dead}-link00.tmp"}
-        (tmp_path / f".tiledsr-{dead}-qwerty.tmp").write_bytes(b"x")
+            f".tiledsr-{HOST}-{dead}-dir000.tmp", f".tiledsr-{HOST}-{dead}-link00.tmp"}
+        (tmp_path / f".tiledsr-{HOST}-{dead}-qwerty.tmp").write_bytes(b"x")
         (tmp_path / ".notes.txt.abcdefgh.tmp").write_bytes(b"x")
         assert tio.remove_stale_temps(tmp_path) == 1  # a folder: the old naming needs a name
         assert (tmp_path / ".notes.txt.abcdefgh.tmp").exists()

@@ -1,6 +1,7 @@
 """``tiledsr.upscale``: the one-call Python entry point."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +22,8 @@ def upscale(src: Any, dst: str | Path | None = None, *, preset: str = "photo-x4"
     Returns a PIL image (8-bit, or 16-bit greyscale; 16-bit colour files keep their depth
     only when written to ``dst``). With ``dst``, writes the file atomically, keeping
     bit depth, alpha, ICC profile, EXIF and DPI; it never overwrites an existing file,
-    or the input, unless ``overwrite``.
+    or the input, unless ``overwrite``, and checks ``dst`` before any work. What could not
+    be kept (metadata dropped on reading or writing) is reported with ``warnings.warn``.
     """
     from . import io as tio
 
@@ -41,9 +43,12 @@ def upscale(src: Any, dst: str | Path | None = None, *, preset: str = "photo-x4"
                          inputs=[src] if info is not None else ())
     out = pipe.run_array(image, progress)
     depth = pipe.preset.output.bit_depth or (info.bit_depth if info else 8)
+    notes = list(info.notes) if info else []
     if dst is not None:
-        tio.write_image(dst, out, bit_depth=depth, format=format or pipe.preset.output.format,
-                        icc_profile=info.icc_profile if info else None, exif=info.exif if info else None,
-                        dpi=info.dpi if info else None, overwrite=overwrite,
-                        inputs=[src] if info is not None else ())
+        notes += tio.write_image(dst, out, bit_depth=depth, format=format or pipe.preset.output.format,
+                                 icc_profile=info.icc_profile if info else None,
+                                 exif=info.exif if info else None, dpi=info.dpi if info else None,
+                                 overwrite=overwrite, inputs=[src] if info is not None else ())
+    for note in notes:  # metadata dropped, 16 bits or alpha the format cannot hold
+        warnings.warn(f"tiledsr: {note}", stacklevel=2)
     return to_pil(out, depth)

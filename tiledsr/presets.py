@@ -16,7 +16,8 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 
 import yaml
 
-from .config import closest, from_mapping, short, to_mapping
+from .config import closest, from_mapping, to_mapping
+from .text import short
 from .errors import PresetError
 from .safeyaml import parse_yaml, read_text
 from .stages import StageTiling, Tiling, stage_class

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -35,22 +36,38 @@ def quiet_fds(fds: tuple[int, ...] = (1, 2)) -> Iterator[list[str]]:
             sink = tempfile.TemporaryFile()
         except OSError:
             sink = open(os.devnull, "w+b")  # noqa: SIM115 - closed below
-        saved = []
+        saved: list[tuple[int, int]] = []
         try:
-            for fd in fds:
-                with contextlib.suppress(OSError):  # a closed descriptor has nothing to protect
-                    saved.append((fd, os.dup(fd)))
-                    os.dup2(sink.fileno(), fd)
+            with _signals_held():  # a signal now would leave a descriptor redirected
+                for fd in fds:
+                    with contextlib.suppress(OSError):  # a closed descriptor has nothing to protect
+                        saved.append((fd, os.dup(fd)))
+                        os.dup2(sink.fileno(), fd)
             yield captured
         finally:
-            _flush()
-            for fd, copy in saved:
-                os.dup2(copy, fd)
-                os.close(copy)
+            with _signals_held():
+                _flush()
+                for fd, copy in saved:
+                    os.dup2(copy, fd)
+                    os.close(copy)
             with contextlib.suppress(OSError, ValueError):
                 sink.seek(0)
                 captured.append(sink.read(_KEEP).decode(errors="replace").strip())
             sink.close()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP held back in this thread inside the block (delivered after it)."""
+    held = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _flush() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .config import cut
+from .text import cut
 from .errors import PresetError
 
 __all__ = ["PresetLoader", "parse_yaml", "read_text"]

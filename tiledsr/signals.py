@@ -16,12 +16,13 @@ import signal
 import threading
 from typing import Callable, TypeVar
 
-__all__ = ["Interrupted", "exit_code", "install", "run_interruptibly"]
+__all__ = ["Interrupted", "exit_code", "install", "name", "run_interruptibly", "worker_alive"]
 
 T = TypeVar("T")
 _HANDLED = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
                  if s is not None)
 _WAIT = 0.05  # seconds the main thread sleeps between looks at the worker
+WORKER = "tiledsr-work"  # the worker thread's name
 
 
 class Interrupted(KeyboardInterrupt):
@@ -35,6 +36,16 @@ class Interrupted(KeyboardInterrupt):
 def exit_code(exc: BaseException) -> int:
     """128 + signal number for an interruption (130 for a plain KeyboardInterrupt)."""
     return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+def name(exc: BaseException) -> str:
+    """The signal's name ("SIGTERM"); SIGINT for a plain KeyboardInterrupt."""
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+
+
+def worker_alive() -> bool:
+    """Whether abandoned work is still running in a worker thread."""
+    return any(t.name == WORKER and t.is_alive() for t in threading.enumerate())
 
 
 def _raise(signum: int, frame) -> None:
@@ -59,20 +70,7 @@ def install() -> Callable[[], None]:
     return restore
 
 
-class Abandoned:
-    """Set once the main thread has given up on the worker; progress callbacks check it."""
-
-    def __init__(self) -> None:
-        self._flag = threading.Event()
-
-    def set(self) -> None:
-        self._flag.set()
-
-    def __bool__(self) -> bool:
-        return self._flag.is_set()
-
-
-def run_interruptibly(fn: Callable[[], T], abandoned: Abandoned | None = None) -> T:
+def run_interruptibly(fn: Callable[[], T], abandoned: threading.Event | None = None) -> T:
     """``fn()`` in a daemon thread while the main thread stays responsive to signals.
 
     Returns ``fn``'s result or re-raises its exception. If the main thread is interrupted
@@ -90,7 +88,7 @@ def run_interruptibly(fn: Callable[[], T], abandoned: Abandoned | None = None) -
         except BaseException as exc:  # handed to the main thread, re-raised there
             box["error"] = exc
 
-    worker = threading.Thread(target=work, name="tiledsr-work", daemon=True)
+    worker = threading.Thread(target=work, name=WORKER, daemon=True)
     worker.start()
     try:
         while worker.is_alive():

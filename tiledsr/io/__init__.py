@@ -6,10 +6,9 @@ FIFOs and pipes; every output marked with Software = "tiledsr <version>".
 """
 from .meta import DEFAULT_MAX_PIXELS, ImageInfo
 from .read import probe, read_image
-from .checks import check_destination, check_output, output_format
+from .checks import check_output, output_format
 from .files import remove_stale_temps
 from .write import software_name, write_image
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageInfo", "check_destination", "check_output",
-           "output_format", "probe", "read_image", "remove_stale_temps", "software_name",
-           "write_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageInfo", "check_output", "output_format", "probe", "read_image",
+           "remove_stale_temps", "software_name", "write_image"]

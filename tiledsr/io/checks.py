@@ -18,7 +18,7 @@ from . import files
 from .files import _FULL_ERRNOS, _exists, _fileno, _text
 from .meta import EXTENSIONS, FORMATS, quoted
 
-__all__ = ["check_destination", "check_output", "output_format"]
+__all__ = ["check_output", "output_format"]
 
 MAX_SIDE = {"PNG": 2**31 - 1, "JPEG": 65500, "TIFF": 2**32 - 1, "WEBP": 16383}  # codec limits
 FORMAT_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "TIFF": "TIFF", "WEBP": "WebP"}  # for messages
@@ -72,15 +72,6 @@ def check_output(dst: str | Path, *, format: str | None = None,
     else:
         _check_destination(Path(name), name, inputs, overwrite)
     return fmt
-
-
-def check_destination(dst: str | Path, inputs: Sequence[str | Path] = (),
-                      overwrite: bool = False) -> None:
-    """The destination part of :func:`check_output` (kept for older callers)."""
-    if str(dst) == "-":
-        _check_stdout()
-    else:
-        _check_destination(Path(dst), str(dst), inputs, overwrite)
 
 
 def _check_image(name: str, fmt: str, size: tuple[int, int] | None, channels: int,

@@ -10,14 +10,17 @@ goes away is an error, never success.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import random
 import re
 import select
+import socket
 import stat
 import string
 import sys
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -29,7 +32,9 @@ __all__ = ["remove_stale_temps"]
 _USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS, errno.ENOTDIR)
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 TEMP_PREFIX = ".tiledsr-"
-_TEMP = re.compile(r"\.tiledsr-(\d{1,12})-[a-z0-9]{6}\.tmp")
+HOST = hashlib.sha1(socket.gethostname().encode(errors="replace")).hexdigest()[:4]  # whose temp it is
+FOREIGN_TEMP_AGE = 24 * 3600  # seconds after which another host's temp file counts as stale
+_TEMP = re.compile(r"\.tiledsr-([0-9a-f]{4})-(\d{1,12})-[a-z0-9]{6}\.tmp")
 _OLD_TEMP = r"[a-z0-9_]{8}\.tmp"  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), before 0.2
 _NAMES = random.Random()  # private: never disturbs the caller's random state
 
@@ -64,25 +69,28 @@ def _atomic_write(path: Path, name: str, encode: Callable[[BinaryIO], None], ove
             encode(buffer)
         payload = buffer.getbuffer()
         encode = lambda fh: fh.write(payload)  # noqa: E731
-    temp = _temp_path(path.parent)
+    temp, created = _temp_path(path.parent), False
     try:
         with _create_temp(temp) as fh:
+            created = True
             with quiet_libraries():
                 encode(fh)
             fh.flush()
             os.fsync(fh.fileno())
         _publish(temp, path, name, overwrite)
-    except BaseException:
-        _discard(temp)
+    except BaseException as exc:
+        if created or not isinstance(exc, FileExistsError):  # never another process's file of that name
+            _discard(temp)
         raise
 
 
 def _temp_path(folder: Path) -> Path:
-    """A free temporary name in ``folder``: ``.tiledsr-<pid>-<6 random chars>.tmp`` (27
-    characters at most, whatever the output's name); nothing is created."""
+    """A free temporary name in ``folder``: ``.tiledsr-<host>-<pid>-<6 random chars>.tmp`` (32
+    characters at most, whatever the output's name; ``host`` is 4 hex digits naming this
+    machine, so folders shared between machines stay safe); nothing is created."""
     while True:
         tag = "".join(_NAMES.choices(string.ascii_lowercase + string.digits, k=6))
-        temp = folder / f"{TEMP_PREFIX}{os.getpid()}-{tag}.tmp"
+        temp = folder / f"{TEMP_PREFIX}{HOST}-{os.getpid()}-{tag}.tmp"
         if not os.path.lexists(temp):
             return temp
 
@@ -116,19 +124,28 @@ def _publish(temp: Path, path: Path, name: str, overwrite: bool) -> None:
     os.unlink(temp)
 
 
-def remove_stale_temps(path: str | Path) -> int:
+def remove_stale_temps(*paths: str | Path) -> int:
     """Remove temporary files that killed runs of tiledsr left; returns how many.
 
-    ``path`` is an output file (its folder is cleaned, including the older
-    ``.NAME.XXXXXXXX.tmp`` files of that output) or a folder. Only regular files named
-    ``.tiledsr-<pid>-<6 chars>.tmp`` whose process is gone are removed; never a live
-    process's file, never anything else. Errors are ignored.
+    Each path is an output file (its folder is cleaned, including the older
+    ``.NAME.XXXXXXXX.tmp`` files of that output) or a folder; each folder is listed once.
+    Only regular files named ``.tiledsr-<host>-<pid>-<6 chars>.tmp`` are removed: of this
+    machine when their process is gone, of another machine when untouched for a day. Never a
+    live process's file, never anything else. Errors are ignored.
     """
-    if str(path) == "-":
-        return 0
-    target = Path(path)
-    folder, old = (target, None) if target.is_dir() else (target.parent, target.name)
-    old_temp = re.compile(re.escape(f".{old}.") + _OLD_TEMP) if old else None
+    olds: dict[Path, set[str]] = {}
+    for path in paths:
+        if str(path) == "-":
+            continue
+        target = Path(path)
+        folder = target if target.is_dir() else target.parent
+        olds.setdefault(folder, set()).update(() if folder == target else (target.name,))
+    return sum(_clean(folder, names) for folder, names in olds.items())
+
+
+def _clean(folder: Path, outputs: set[str]) -> int:
+    """Remove the stale temporary files in ``folder`` (old-style ones only of ``outputs``)."""
+    old = re.compile("|".join(re.escape(f".{n}.") + _OLD_TEMP for n in sorted(outputs))) if outputs else None
     try:
         names = os.listdir(folder)
     except OSError:
@@ -136,10 +153,20 @@ def remove_stale_temps(path: str | Path) -> int:
     removed = 0
     for entry in names:
         match = _TEMP.fullmatch(entry)
-        stale = (match is not None and not _alive(int(match.group(1)))) \
-            or (old_temp is not None and old_temp.fullmatch(entry) is not None)
+        stale = (match is not None and _stale(folder / entry, match.group(1), int(match.group(2)))) \
+            or (old is not None and old.fullmatch(entry) is not None)
         removed += stale and _remove_file(folder / entry)
     return removed
+
+
+def _stale(path: Path, host: str, pid: int) -> bool:
+    """A temporary file of a run that is gone: its process (on this machine), or a day of silence."""
+    if host == HOST:
+        return not _alive(pid)
+    try:
+        return time.time() - os.lstat(path).st_mtime > FOREIGN_TEMP_AGE
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

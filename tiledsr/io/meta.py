@@ -21,6 +21,7 @@ from PIL import Image, ImageFile, TiffImagePlugin
 
 from ..errors import InputError
 from ..quiet import LOCK
+from ..text import show
 
 __all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "ImageInfo", "check_size", "clean_exif", "sniff_format"]
 
@@ -80,8 +81,9 @@ def quiet_libraries() -> Iterator[None]:
 
 
 def quoted(name: str, stream: str = "stdin") -> str:
-    """``'name'`` for messages; ``stream`` ("stdin" or "stdout") for ``-``."""
-    return stream if name == "-" else f"'{name}'"
+    """``'name'`` for messages (control characters escaped, a very long name elided in the
+    middle); ``stream`` ("stdin" or "stdout") for ``-``."""
+    return stream if name == "-" else f"'{show(name)}'"
 
 
 def sniff_format(head: bytes, name: str) -> str:

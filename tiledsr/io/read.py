@@ -72,7 +72,7 @@ def read_image(src: str | Path,
 
 def _read(src: str | Path, max_pixels: int, decode: bool) -> tuple[np.ndarray | None, ImageInfo]:
     """1. find and sniff the file, 2. read header (+ pixels), 3. apply EXIF orientation."""
-    source = open_source(src, max_pixels)
+    source = open_source(src, max_pixels, keep=not decode)
     with quiet_libraries():
         pixels, info = _decode(source, max_pixels, decode)
         orientation = exif_orientation(info.exif)

@@ -49,11 +49,13 @@ def reason(err: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def open_source(src: str | Path, max_pixels: int) -> Source:
-    """Locate ``src`` and sniff its format; InputError for missing, empty or non-image files."""
+def open_source(src: str | Path, max_pixels: int, keep: bool = False) -> Source:
+    """Locate ``src`` and sniff its format; InputError for missing, empty or non-image files.
+
+    A stream's bytes are read once; ``keep`` holds them for the next call (probe, then read)."""
     name = str(src)
     if name == "-":
-        return _streamed(name, _stream(name, ("-", 0, 0), _stdin_reader, max_pixels))
+        return _streamed(name, _stream(name, ("-", 0, 0), _stdin_reader, max_pixels, keep))
     path = Path(src)
     try:
         info = os.stat(path)
@@ -62,7 +64,7 @@ def open_source(src: str | Path, max_pixels: int) -> Source:
                              "pass an image file")
         if not stat.S_ISREG(info.st_mode):
             return _streamed(name, _stream(name, (name, info.st_dev, info.st_ino),
-                                           lambda: open(path, "rb", buffering=0), max_pixels))
+                                           lambda: open(path, "rb", buffering=0), max_pixels, keep))
         with open(path, "rb") as fh:
             head = fh.read(HEAD_BYTES)
     except (OSError, ValueError) as err:
@@ -113,18 +115,23 @@ class _Borrowed:
 
 
 def _stream(name: str, key: tuple[str, int, int], opener: Callable[[], BinaryIO],
-            max_pixels: int) -> bytes:
-    """All bytes of a stream, read once and kept under ``key``; sniffed as soon as the first
-    bytes arrive (endless data such as /dev/zero is refused at once) and capped at what an
-    image of ``max_pixels`` can need."""
+            max_pixels: int, keep: bool) -> bytes:
+    """All bytes of a stream, sniffed as soon as the first bytes arrive (endless data such as
+    /dev/zero is refused at once) and capped at what an image of ``max_pixels`` can need.
+
+    ``keep`` (a probe) keeps them under ``key`` for the read that follows; a read takes them
+    back out, so the next read of the same stream reads it again."""
     with _STREAM_LOCK:
-        if key not in _STREAMS:
+        data = _STREAMS.pop(key, None)
+        if data is None:
             try:
                 with opener() as fh:
-                    _STREAMS[key] = _read_capped(fh, name, max_pixels)
+                    data = _read_capped(fh, name, max_pixels)
             except (OSError, ValueError) as err:
                 raise _open_error(name, err) from err
-        return _STREAMS[key]
+        if keep:
+            _STREAMS[key] = data
+        return data
 
 
 def _read_capped(fh: BinaryIO, name: str, max_pixels: int) -> bytes:

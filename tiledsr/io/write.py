@@ -151,15 +151,9 @@ def _dpi_for(fmt: str, dpi: tuple[float, float] | None) -> tuple[tuple[float, fl
 @functools.cache
 def software_name() -> str:
     """The Software marker of tiledsr's outputs: ``"tiledsr <version>"``."""
-    try:
-        from .. import __version__ as version
-    except ImportError:
-        from importlib.metadata import PackageNotFoundError, version as installed
-        try:
-            version = installed("tiledsr")
-        except PackageNotFoundError:
-            version = "unknown"
-    return f"tiledsr {version}"
+    from .. import __version__
+
+    return f"tiledsr {__version__}"
 
 
 def _quantize(image: np.ndarray, depth: int, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tiledsr.errors import InputError
-from tiledsr.models._text import brief, show
+from tiledsr.text import brief, show
 
 __all__ = ["NcnnLayer", "NcnnNetwork", "check_pair", "describe_param", "load_ncnn", "parse_param"]
 

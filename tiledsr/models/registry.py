@@ -24,10 +24,10 @@ from torch import nn
 from tiledsr.config import closest
 from tiledsr.errors import InputError, ModelNotAvailable
 from tiledsr.models import ncnn_import, weights
-from tiledsr.models._text import brief, show
+from tiledsr.text import brief, show
 from tiledsr.models.rrdbnet import unshuffle_factor
 
-__all__ = ["SRModel", "known_models", "load_sr_model"]
+__all__ = ["SRModel", "find_bundled", "known_models", "load_sr_model"]
 
 # Input pixels of context per tile side. SRVGG: its exact receptive radius (num_conv + 2),
 # so tiled == untiled. RRDBNet's receptive field is hundreds of pixels; with 24 (times the
@@ -87,7 +87,8 @@ def _normalise(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def _find_bundled(spec: str) -> _Bundled | None:
+def find_bundled(spec: str) -> _Bundled | None:
+    """The bundled model named ``spec`` (any alias, any case, ``_`` or ``-``), or None."""
     key = _normalise(spec)
     return next((b for b in _BUNDLED if key == b.name or key in b.aliases), None)
 
@@ -120,7 +121,7 @@ def load_sr_model(spec: str | os.PathLike[str]) -> SRModel:
         raise InputError(f"a model is a name or a file path, got {type(spec).__name__}")
     if not text.strip():
         raise InputError(f"the model name is empty; use one of {_bundled_names()} or a weights file path")
-    entry = _find_bundled(text)
+    entry = find_bundled(text)
     if entry is not None:
         files = _bundled_files(entry)
         if files is None:

@@ -31,7 +31,7 @@ import torch
 
 from tiledsr.errors import InputError, ModelNotAvailable, OutOfMemory, TiledsrError, as_out_of_memory
 from tiledsr.quiet import quiet_fds
-from tiledsr.models._text import show
+from tiledsr.text import show
 from tiledsr.models.registry import SRModel
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "make_runner"]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tiledsr.errors import InputError, ModelNotAvailable, as_out_of_memory
-from tiledsr.models._text import brief, show
+from tiledsr.text import brief, show
 from tiledsr.models.rrdbnet import RRDBNet
 from tiledsr.models.srvgg import SRVGGNetCompact
 
