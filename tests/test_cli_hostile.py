@@ -171,7 +171,7 @@ def test_ctrl_c_takes_effect_within_seconds_during_a_long_tile(tmp_path):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     waited = time.monotonic() - sent
-    assert p.returncode == 130 and waited < 5, (p.returncode, waited, err)
+    assert p.returncode == 130 and waited < 3, (p.returncode, waited, err)  # about 0.2 s when idle
     last = json.loads(err.decode().strip().splitlines()[-1])
     assert last["event"] == "error" and last["code"] == 130
     assert not any(f.name != "astronaut.png" for f in tmp_path.iterdir())

@@ -23,6 +23,7 @@ _HANDLED = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), ge
                  if s is not None)
 _WAIT = 0.05  # seconds the main thread sleeps between looks at the worker
 WORKER = "tiledsr-work"  # the worker thread's name
+_UNFINISHED: list[threading.Event] = []  # one per worker started, set when it ends
 
 
 class Interrupted(KeyboardInterrupt):
@@ -44,8 +45,10 @@ def name(exc: BaseException) -> str:
 
 
 def worker_alive() -> bool:
-    """Whether abandoned work is still running in a worker thread."""
-    return any(t.name == WORKER and t.is_alive() for t in threading.enumerate())
+    """Whether abandoned work is still running in a worker thread.
+
+    (Not ``Thread.is_alive()``: on Python 3.11 it says False once a ``join`` was interrupted.)"""
+    return any(not done.is_set() for done in _UNFINISHED)
 
 
 def _raise(signum: int, frame) -> None:
@@ -81,18 +84,21 @@ def run_interruptibly(fn: Callable[[], T], abandoned: threading.Event | None = N
     if threading.current_thread() is not threading.main_thread():
         return fn()
     box: dict[str, object] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
             box["value"] = fn()
         except BaseException as exc:  # handed to the main thread, re-raised there
             box["error"] = exc
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, name=WORKER, daemon=True)
-    worker.start()
+    _UNFINISHED[:] = [d for d in _UNFINISHED if not d.is_set()] + [done]
+    threading.Thread(target=work, name=WORKER, daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(_WAIT)
+        while not done.wait(_WAIT):
+            pass
     except BaseException:
         if abandoned is not None:
             abandoned.set()
