@@ -7,17 +7,19 @@ earlier run of tiledsr wrote (their metadata says so).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .errors import InputError
+from .io.checks import output_format
 from .io.meta import EXTENSIONS, ImageInfo, quoted
 
 __all__ = ["Batch", "Job", "check_collisions", "expand_inputs", "output_name", "plan_jobs"]
 
-EXT_OF = {"PNG": ".png", "JPEG": ".jpg", "JPG": ".jpg", "TIFF": ".tif", "TIF": ".tif", "WEBP": ".webp"}
+EXT_OF = {fmt: ext for ext, fmt in reversed(EXTENSIONS.items())}  # each format's first extension
 
 
 @dataclass(frozen=True)
@@ -88,33 +90,28 @@ def plan_jobs(pipe: Any, inputs: Sequence[str], *, output: str | None, out_dir: 
     return Batch(tuple(jobs), tuple(notes))
 
 
-class _made_dir:
-    """Create ``folder`` (and missing parents) on entry; remove what was created if the block fails."""
-
-    def __init__(self, folder: str | None):
-        self.folder, self.created = folder, []
-
-    def __enter__(self) -> None:
-        if self.folder is None:
-            return
-        path = Path(self.folder)
-        try:
-            if path.exists() and not path.is_dir():
-                raise InputError(f"--out-dir {quoted(self.folder)} is a file, not a folder; pass a folder")
-            missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(f"cannot create --out-dir {quoted(self.folder)}: {err.strerror or err}; "
-                             "check the path and its permissions") from err
-        self.created = missing
-
-    def __exit__(self, kind, value, tb) -> None:
-        if kind is not None:
-            for p in self.created:  # deepest first
-                try:
-                    p.rmdir()
-                except OSError:
-                    break
+@contextlib.contextmanager
+def _made_dir(folder: str | None) -> Iterator[None]:
+    """Create ``folder`` (and missing parents) for the block; remove what was created if it fails."""
+    if folder is None:
+        yield
+        return
+    path = Path(folder)
+    try:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"--out-dir {quoted(folder)} is a file, not a folder; pass a folder")
+        created = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # deepest first
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create --out-dir {quoted(folder)}: {err.strerror or err}; "
+                         "check the path and its permissions") from err
+    try:
+        yield
+    except BaseException:
+        for p in created:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], set[str]]:
@@ -165,7 +162,7 @@ def output_name(src: str, info: ImageInfo, size: tuple[int, int], fmt: str | Non
     k = ow // info.width if info.width else 0
     tag = f"x{k}" if k and (ow, oh) == (k * info.width, k * info.height) else f"{ow}x{oh}"
     if fmt:
-        ext = EXT_OF[fmt.upper()]
+        ext = EXT_OF[output_format("-", fmt)]  # jpg, tif and any case accepted
     elif p.suffix.lower() in EXTENSIONS:
         ext = p.suffix
     else:
