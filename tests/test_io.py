@@ -388,7 +388,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, failure):
     elif failure == "encoder":
         def broken(*args, **kwargs):
             raise RuntimeError("disk on fire")
-        monkeypatch.setattr(write_module.imagecodecs, "png_encode", broken)
+        monkeypatch.setattr(write_module.png_stream, "PaethFilter", broken)
         expected = TiledsrError
     else:
         def interrupted(fh, **kwargs):

@@ -164,7 +164,7 @@ def test_temp_file_exists_only_while_bytes_are_written(tmp_path, monkeypatch, ex
 
     monkeypatch.setitem(write_module._ENCODERS, fmt, spy)
     tio.write_image(tmp_path / f"a.{ext}", picture())
-    if fmt == "TIFF":  # streamed: encoded straight into the temporary file
+    if fmt in ("PNG", "TIFF"):  # streamed: encoded straight into the temporary file
         assert len(seen[0]) == 1 and TEMP_NAME.fullmatch(seen[0][0])
     else:  # encoded in memory first; the file comes after
         assert seen == [[]]
@@ -411,7 +411,7 @@ def test_a_reader_that_goes_away_is_an_error_not_success():
     assert proc.wait(timeout=60) == 1 and head == b"\x89PNG\r\n\x1a\n\x00\x00"
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert re.search(r"stdout was closed after [\d,]+ of [\d,]+ bytes; the output is incomplete",
+    assert re.search(r"stdout was closed after [\d,]+ (of [\d,]+ )?bytes; the output is incomplete",
                      lines[0])
 
 

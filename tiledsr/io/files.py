@@ -4,8 +4,9 @@ A file is encoded into a temporary file in the destination folder (``.tiledsr-<p
 chars>.tmp``, created only when encoding starts, removed on any exception, KeyboardInterrupt
 included) and moved into place with one rename, so a crash, a signal or a full disk never
 leaves a partial output behind and never touches an existing file; :func:`remove_stale_temps`
-clears what a killed run left. stdout is written with ``os.write`` and checked: a reader that
-goes away is an error, never success.
+clears what a killed run left, and :func:`discard_live_temps` what this process's own writers
+still hold (a worker thread given up on). stdout is written with ``os.write`` and checked: a
+reader that goes away is an error, never success.
 """
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ import socket
 import stat
 import string
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from ..errors import InputError, OutOfMemory, TiledsrError
-from .meta import quiet_libraries, quoted
+from .meta import quoted
 
-__all__ = ["remove_stale_temps"]
+__all__ = ["discard_live_temps", "remove_stale_temps"]
 
 _USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS, errno.ENOTDIR)
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -37,6 +39,8 @@ FOREIGN_TEMP_AGE = 24 * 3600  # seconds after which another host's temp file cou
 _TEMP = re.compile(r"\.tiledsr-([0-9a-f]{4})-(\d{1,12})-[a-z0-9]{6}\.tmp")
 _OLD_TEMP = r"[a-z0-9_]{8}\.tmp"  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), before 0.2
 _NAMES = random.Random()  # private: never disturbs the caller's random state
+_LIVE: set[Path] = set()  # this process's temporary files that exist now
+_LIVE_LOCK = threading.RLock()  # re-entrant: a signal handler may discard while a write registers
 
 
 def _exists(name: str) -> InputError:
@@ -60,21 +64,22 @@ def _atomic_write(path: Path, name: str, encode: Callable[[BinaryIO], None], ove
     """Encode into a temporary file next to ``path``, then move it into place.
 
     Unless ``streamed``, the image is encoded in memory first, so the temporary file exists
-    only while bytes are written. The file is created inside the ``try``: whatever is raised
-    from then on (KeyboardInterrupt, a signal's exception, a full disk) removes it.
+    only while bytes are written. ``encode`` quiets its own library calls (it may pull the
+    caller's bands, whose computation must never hold the library lock). The file is created
+    inside the ``try`` and registered while it exists (see :func:`discard_live_temps`):
+    whatever is raised from then on (KeyboardInterrupt, a signal's exception, a full disk, an
+    error in the bands) removes it.
     """
     if not streamed:
         buffer = io.BytesIO()
-        with quiet_libraries():
-            encode(buffer)
+        encode(buffer)
         payload = buffer.getbuffer()
         encode = lambda fh: fh.write(payload)  # noqa: E731
     temp, created = _temp_path(path.parent), False
     try:
-        with _create_temp(temp) as fh:
+        with _created(temp) as fh:
             created = True
-            with quiet_libraries():
-                encode(fh)
+            encode(fh)
             fh.flush()
             os.fsync(fh.fileno())
         _publish(temp, path, name, overwrite)
@@ -82,6 +87,35 @@ def _atomic_write(path: Path, name: str, encode: Callable[[BinaryIO], None], ove
         if created or not isinstance(exc, FileExistsError):  # never another process's file of that name
             _discard(temp)
         raise
+    finally:
+        _forget(temp)
+
+
+def _created(temp: Path) -> BinaryIO:
+    """``temp`` created (see :func:`_create_temp`) and registered as live, in one step."""
+    with _LIVE_LOCK:
+        fh = _create_temp(temp)
+        _LIVE.add(temp)
+    return fh
+
+
+def _forget(temp: Path) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(temp)
+
+
+def discard_live_temps() -> int:
+    """Remove every temporary file this process's writers hold now; returns how many.
+
+    For a main thread that gives up on a worker thread still encoding (a signal): the worker
+    may go on writing into the removed file (POSIX allows it) but can never publish it. Safe
+    from any thread and from a signal handler; errors are ignored. A temporary file created
+    after this call is not removed (:func:`remove_stale_temps` clears it on the next run).
+    """
+    with _LIVE_LOCK:
+        temps = sorted(_LIVE)
+        _LIVE.clear()
+    return sum(_remove_file(temp) for temp in temps)
 
 
 def _temp_path(folder: Path) -> Path:
@@ -199,16 +233,19 @@ def _remove_file(path: Path) -> bool:
 
 
 class _encode_errors:
-    """Encoder and file-system exceptions as one-line errors naming the output."""
+    """Encoder and file-system exceptions as one-line errors naming the output; those ``keep``
+    says True of (what the caller's own bands raised) pass through unchanged."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, keep: Callable[[BaseException], bool] = lambda err: False):
         self.name = name
+        self.keep = keep
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type | None, err: BaseException | None, tb: object) -> bool:
-        if err is None or not isinstance(err, Exception) or isinstance(err, TiledsrError):
+        if err is None or not isinstance(err, Exception) or isinstance(err, TiledsrError) \
+                or self.keep(err):
             return False
         raise _write_error(quoted(self.name, "stdout"), err) from err
 
@@ -228,25 +265,52 @@ def _write_error(where: str, err: Exception) -> TiledsrError:
     return kind(f"cannot write {where}: {text}; check the output folder and its free space")
 
 
-def _write_stdout(encode: Callable[[BinaryIO], None]) -> None:
-    """Encode in memory, then write every byte to stdout or raise TiledsrError (exit 1)."""
-    buffer = io.BytesIO()
-    with _encode_errors("-"), quiet_libraries():
+def _write_stdout(encode: Callable[[BinaryIO], None], streamed: bool = False) -> None:
+    """Write what ``encode`` writes to stdout, every byte checked, or raise TiledsrError (exit 1).
+
+    Unless ``streamed``, the image is encoded in memory first, so an error can say how much
+    of the total went out. ``encode`` quiets its own library calls (see :func:`_atomic_write`);
+    its errors are the caller's to word (:class:`_encode_errors`).
+    """
+    total = None
+    if not streamed:
+        buffer = io.BytesIO()
         encode(buffer)
-    data = buffer.getbuffer()
-    done = 0
-    try:
+        data = buffer.getbuffer()
+        total, encode = len(data), lambda out: out.write(data)
+    encode(_Stdout(total))
+
+
+class _Stdout:
+    """stdout as a binary file for an encoder: text written before goes first, every write
+    completes or raises TiledsrError (exit 1) saying how many bytes went out."""
+
+    def __init__(self, total: int | None):
+        self.total, self.done = total, 0
         stream = sys.stdout
-        stream.flush()  # text written before the image goes first
-        fd = _fileno(stream)
-        if fd is None:
-            done = _write_buffered(getattr(stream, "buffer", stream), data)
-        else:
-            for done in _write_fd(fd, data):
-                pass
-    except OSError as err:
-        _silence_stdout()
-        raise _stdout_error(err, done, len(data)) from err
+        self.fd = _fileno(stream)
+        self.stream = getattr(stream, "buffer", stream)
+        self._checked(stream.flush)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        self._checked(lambda: self._write(view))
+        return len(view)
+
+    def _write(self, view: memoryview) -> None:
+        if self.fd is None:
+            self.done += _write_buffered(self.stream, view)
+            return
+        start = self.done
+        for done in _write_fd(self.fd, view):
+            self.done = start + done
+
+    def _checked(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except OSError as err:
+            _silence_stdout()
+            raise _stdout_error(err, self.done, self.total) from err
 
 
 def _write_fd(fd: int, data: memoryview) -> Iterator[int]:
@@ -276,8 +340,10 @@ def _write_buffered(stream: BinaryIO, data: memoryview) -> int:
     return len(data)
 
 
-def _stdout_error(err: OSError, done: int, total: int) -> TiledsrError:
-    incomplete = f"after {done:,} of {total:,} bytes; the output is incomplete"
+def _stdout_error(err: OSError, done: int, total: int | None) -> TiledsrError:
+    """The one-line error of a failed write to stdout; ``total`` None while streaming."""
+    count = f"{done:,} bytes" if total is None else f"{done:,} of {total:,} bytes"
+    incomplete = f"after {count}; the output is incomplete"
     if isinstance(err, BrokenPipeError) or err.errno == errno.EPIPE:
         return TiledsrError(f"stdout was closed {incomplete}")
     if err.errno in _FULL_ERRNOS:

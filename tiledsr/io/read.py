@@ -63,16 +63,30 @@ def read_image(src: str | Path,
     InputError (one line, naming the file) for anything that is not a readable image.
     """
     pixels, info = _read(src, max_pixels, decode=True)
+    return to_float(pixels), info
+
+
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 in [0, 1] from decoded pixels: uint8 as k/255, uint16 as k/65535,
+    float (already in [0, 1]) as is."""
     if pixels.dtype.kind == "f":
-        return np.ascontiguousarray(pixels, dtype=np.float32), info
+        return np.ascontiguousarray(pixels, dtype=np.float32)
     out = pixels.astype(np.float32, order="C")
     out /= np.float32(255 if pixels.dtype == np.uint8 else 65535)
-    return out, info
+    return out
 
 
 def _read(src: str | Path, max_pixels: int, decode: bool) -> tuple[np.ndarray | None, ImageInfo]:
     """1. find and sniff the file, 2. read header (+ pixels), 3. apply EXIF orientation."""
     source = open_source(src, max_pixels, keep=not decode)
+    return read_source(source, max_pixels, decode)[:2]
+
+
+def read_source(source: Source, max_pixels: int,
+                decode: bool) -> tuple[np.ndarray | None, ImageInfo, int]:
+    """Steps 2 and 3 of :func:`_read` for a located ``source``, and the EXIF orientation (1..8)
+    applied. Pixels (when ``decode``): H x W x C uint8, uint16, or float32 in [0, 1], as
+    displayed (possibly a view)."""
     with quiet_libraries():
         pixels, info = _decode(source, max_pixels, decode)
         orientation = exif_orientation(info.exif)
@@ -82,7 +96,7 @@ def _read(src: str | Path, max_pixels: int, decode: bool) -> tuple[np.ndarray | 
         pixels = orient(pixels.reshape(*pixels.shape[:2], -1), orientation)
     width, height = (info.height, info.width) if orientation >= 5 else (info.width, info.height)
     return pixels, replace(info, width=width, height=height, exif=exif, software=software,
-                           notes=info.notes + notes)
+                           notes=info.notes + notes), orientation
 
 
 def _decode(source: Source, max_pixels: int,
