@@ -17,6 +17,10 @@ destruction of the allocators after a failed call, run with fd 2 redirected
 (:mod:`tiledsr.quiet`); the captured text goes into the error's notes.
 The long extract itself is not redirected (it prints nothing when allocation fails), so
 other threads can still write to stderr while a tile computes.
+
+Testing: each call on a batch is one model call for ``TILEDSR_FAIL_OOM`` (:mod:`tiledsr.faults`):
+an injected failure is torch's own exception raised at the start of the forward pass, or
+ncnn's status -100 in place of the first extract, and goes the same way as a real one.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 
 from tiledsr.errors import InputError, ModelNotAvailable, OutOfMemory, TiledsrError, as_out_of_memory
+from tiledsr.faults import maybe_fail_oom, should_fail
 from tiledsr.quiet import quiet_fds
 from tiledsr.text import show
 from tiledsr.models.registry import SRModel
@@ -159,9 +164,15 @@ class TorchRunner:
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(_check_batch(self.model, batch))
+        maybe_fail_oom("torch", str(self.device), self._out_bytes(x))
         with torch.inference_mode():
             y = self.module(x.to(device=self.device, dtype=self.dtype))
             return y.float().cpu().numpy()
+
+    def _out_bytes(self, x: torch.Tensor) -> int:
+        """The size of the output for input ``x`` in this runner's dtype."""
+        m = self.model
+        return x.numel() * m.out_channels // m.in_channels * m.scale ** 2 * self.dtype.itemsize
 
 
 class NcnnRunner:
@@ -193,10 +204,16 @@ class NcnnRunner:
             return _guarded(what, self._run, batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return np.stack([self._one(image) for image in _check_batch(self.model, batch)])
+        images = _check_batch(self.model, batch)
+        fail = should_fail()  # TILEDSR_FAIL_OOM: the first image fails as a failed allocation does
+        return np.stack([self._one(image, fail and i == 0) for i, image in enumerate(images)])
 
-    def _one(self, chw: np.ndarray) -> np.ndarray:
-        """C x h x w float32 (C-contiguous, kept alive: ncnn.Mat borrows it) -> C_out x h*s x w*s."""
+    def _one(self, chw: np.ndarray, fail: bool = False) -> np.ndarray:
+        """C x h x w float32 (C-contiguous, kept alive: ncnn.Mat borrows it) -> C_out x h*s x w*s.
+
+        With ``fail`` (the test hook) the extract does not run: its status is ncnn's for a failed
+        allocation.
+        """
         extractor = self.net.create_extractor()
         extractor.set_blob_allocator(self._blob)
         extractor.set_workspace_allocator(self._work)
@@ -204,7 +221,7 @@ class NcnnRunner:
         try:
             mat = self._ncnn.Mat(chw)
             extractor.input(self.net.input_names()[0], mat)
-            status, out = extractor.extract(self.net.output_names()[0])
+            status, out = (_NCNN_OOM, None) if fail else extractor.extract(self.net.output_names()[0])
             if status == 0:
                 return np.array(out, dtype=np.float32, copy=True)
         finally:
