@@ -21,6 +21,12 @@ def split_planes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool
     return rgb, alpha, c <= 2
 
 
+def _pad(n: int, f: int) -> int:
+    """Pixels to add to a side of ``n``: up to a multiple of ``f``, and at least 2 latent pixels (GroupNorm
+    fails on a 1x1 latent when a group holds a single channel)."""
+    return max(-n % f, 2 * f - n)
+
+
 @dataclass(frozen=True)
 class Latents:
     """A latent canvas handed from stage to stage without a decode/encode round trip.
@@ -60,7 +66,7 @@ class LatentCodec:
         from ..tiling import make_grid
 
         f, t = self.factor, self.tiling
-        h, w = height + -height % f, width + -width % f
+        h, w = height + _pad(height, f), width + _pad(width, f)
         return make_grid(h, w, max(f, t.tile - t.tile % f), min(t.overlap - t.overlap % f, t.tile - f), f)
 
     def encode(self, image: np.ndarray, report: Callable[[int, int], None]) -> Latents:
@@ -72,7 +78,7 @@ class LatentCodec:
         h, w, _ = image.shape
         rgb, alpha, grey = split_planes(image)
         f = self.factor
-        padded = np.pad(rgb, ((0, -h % f), (0, -w % f), (0, 0)), mode="reflect" if min(h, w) > f else "edge")
+        padded = np.pad(rgb, ((0, _pad(h, f)), (0, _pad(w, f)), (0, 0)), mode="reflect" if min(h, w) > f else "edge")
         pixels = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None] * 2 - 1
         t = self.tiling
         lat = tiled_encode(self.vae, pixels, tile=t.tile, overlap=t.overlap, blend=t.blend, progress=report)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +23,7 @@ from .loop import Progress, denoise, guide, latent_grid, step_kwargs, unet_multi
 from .noise import draw_noise, seeded_generator
 from .text import PromptEmbeds
 
-__all__ = ["upscale_latents"]
+__all__ = ["pad_latents", "upscale_latents"]
 
 
 def _check(unet, scheduler, latents: torch.Tensor, embeds: PromptEmbeds, steps: int, guidance: float,
@@ -38,6 +39,17 @@ def _check(unet, scheduler, latents: torch.Tensor, embeds: PromptEmbeds, steps: 
         raise InputError(f"steps must be >= 1 and noise_level >= 0, got {steps} and {noise_level}")
     if embeds.pooled is None or (guidance > 1 and not embeds.guided):
         raise InputError("embeds must come from encode_upscaler_prompt with the same guidance")
+
+
+def pad_latents(x: torch.Tensor, least: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(N, C, h, w) reflect-padded on the bottom and right to at least ``least`` per side (mirrored again
+    as often as needed; a side of 1 repeats) -> (padded, (h, w)) to crop the result back with."""
+    h, w = x.shape[-2:]
+    if h >= least and w >= least:
+        return x, (h, w)
+    rows, cols = (torch.from_numpy(np.pad(np.arange(n), (0, max(0, least - n)), mode="reflect")).to(x.device)
+                  for n in (h, w))
+    return x.index_select(-2, rows).index_select(-1, cols), (h, w)
 
 
 def _condition(low: torch.Tensor, noise_level: float, noise: torch.Tensor | None) -> torch.Tensor:
@@ -91,7 +103,9 @@ def upscale_latents(unet, scheduler, latents: torch.Tensor, embeds: PromptEmbeds
     from the same seeded generator) to the low-res latents before the
     condition is scaled; the noise-level embedding stays at the pipeline's
     fixed value (diffusers hard-codes it; its Fourier weights are not part of
-    the checkpoint). One tile reproduces the diffusers pipeline.
+    the checkpoint). One tile reproduces the diffusers pipeline. Latents
+    smaller than the UNet's size multiple are an :class:`InputError` (the 2x
+    canvas must be at least twice the multiple); :func:`pad_latents` them first.
     """
     # 1. Check inputs
     _check(unet, scheduler, latents, embeds, steps, guidance, noise_level)

@@ -24,7 +24,7 @@ class LatentX2Config(DiffusionConfig):
 
 
 class LatentX2Stage(DiffusionStage):
-    """Latents (1, 4, h, w) -> latents (1, 4, 2h, 2w), denoised tile by tile at every step."""
+    """Latents (1, 4, h, w) -> latents (1, 4, 2h, 2w), denoised tile by tile at every step; any size."""
 
     type = "latent-x2"
     Config = LatentX2Config
@@ -40,10 +40,13 @@ class LatentX2Stage(DiffusionStage):
         return f"latent-x2 {c.model} ({c.steps} steps, guidance {c.guidance:g}, noise level {c.noise_level:g})"
 
     def run(self, latents, report, source=None):
-        from ..diffusion.latent_upscale import upscale_latents
+        """Latents smaller than the UNet's multiple (the 2x canvas needs 2 x it) are reflect-padded on the
+        bottom and right, and the result cropped: small inputs run instead of being refused."""
+        from ..diffusion.latent_upscale import pad_latents, upscale_latents
 
         c, comp = self.config, self.components
-        out = upscale_latents(comp.unet, self.scheduler(), latents.tensor.to(comp.device), self.embeds,
+        low, (h, w) = pad_latents(latents.tensor.to(comp.device), self.unet_multiple)
+        out = upscale_latents(comp.unet, self.scheduler(), low, self.embeds,
                               steps=c.steps, guidance=c.guidance, noise_level=c.noise_level, seed=self.seed,
                               progress=self.step_report(report), **self.latent_tiling())
-        return latents.scaled(out, 2)
+        return latents.scaled(out[..., :2 * h, :2 * w].contiguous(), 2)

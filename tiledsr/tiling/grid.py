@@ -2,12 +2,12 @@
 
 A grid covers an H x W canvas with equal-sized tiles that overlap by at least
 ``overlap`` pixels. Tiles are spread evenly; edge tiles are shifted inwards, never
-shrunk, so every tile has the same shape and tiles can be batched. A canvas
-smaller than the tile gets one tile of the canvas size on that axis.
+shrunk, so every tile has the same shape and tiles can be batched. With a size
+``multiple``, every tile side is a multiple of it (unless the canvas side is shorter),
+whatever the canvas size: a side that is not a multiple gets overlapping tiles.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -61,30 +61,43 @@ class TileGrid:
 
 
 def _spread(length: int, tile: int, overlap: int, m: int) -> tuple[int, ...]:
-    """Evenly spread starts (multiples of ``m``) of ``tile``-long tiles overlapping >= ``overlap``."""
-    span = (length - tile) // m  # in units of `m`
+    """Evenly spread starts of ``tile``-long tiles (``tile < length``) overlapping >= ``overlap``.
+
+    Every start is a multiple of ``m`` but the last, ``length - tile``, which is one only when
+    ``length`` is: the span is counted in units of ``m`` rounded up, so the tiles reach the end.
+    """
+    full = length - tile
+    span = -(-full // m)  # in units of `m`, at least 1
     step = max(1, (tile - overlap) // m)
-    n = math.ceil(span / step) + 1
-    return tuple(round(i * span / (n - 1)) * m for i in range(n))
+    n = -(-span // step) + 1
+    return tuple(round(i * span / (n - 1)) * m for i in range(n - 1)) + (full,)
 
 
 def axis_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, tuple[int, ...]]:
     """Tile size and start offsets along one axis.
 
-    ``tile`` is the largest tile allowed: the fewest tiles that cover ``length``
-    with at least ``overlap`` pixels between neighbours are found, then shrunk
-    to the smallest common size (a multiple of ``multiple``) that still covers,
-    so no more is computed than needed. Returns ``(tile_len, starts)``: starts
-    are multiples of ``multiple`` (when ``length`` is), spread evenly, the first
-    0 and the last ``length - tile_len``. A short axis gets one tile of its length.
+    ``tile`` is the largest tile allowed (rounded down to a multiple of
+    ``multiple``): the fewest tiles that cover ``length`` with at least
+    ``overlap`` pixels between neighbours are found, then shrunk to the
+    smallest common size (a multiple of ``multiple``) that still covers, so
+    no more is computed than needed. Returns ``(tile_len, starts)``: starts
+    are spread evenly, the first 0 and the last ``length - tile_len``, all
+    multiples of ``multiple`` but the last (a multiple too when ``length``
+    is). An axis no longer than the tile gets one tile of its length if that
+    is a multiple, else two or more of the largest multiple that fits; an
+    axis shorter than ``multiple`` gets one tile of its length. Neighbours
+    overlap by ``overlap`` or more when it is at most the tile less one multiple.
     """
     if length <= 0 or tile <= 0:
         raise InputError(f"tile grid needs positive sizes, got length {length}, tile {tile}")
     if not 0 <= overlap < tile:
         raise InputError(f"overlap must be in [0, tile), got overlap {overlap} with tile {tile}")
-    if tile >= length:
-        return length, (0,)
     m = max(1, multiple)
+    if tile >= length and length % m == 0:
+        return length, (0,)
+    tile = max(m, min(tile, length - 1) // m * m)
+    if tile >= length:  # shorter than one multiple
+        return length, (0,)
     starts = _spread(length, tile, overlap, m)
     n = len(starts)
     snug = -(-(length + (n - 1) * overlap) // n)
