@@ -57,13 +57,13 @@ def test_same_output_whatever_tile_batch():
 @pytest.mark.parametrize("channels", [1, 2, 4])
 def test_grey_and_alpha_channels(channels):
     rng = np.random.default_rng(channels)
-    img = rng.random((24, 20, channels), dtype=np.float32)
-    out = sr("animevideov3", tile=48, overlap=8).run_array(img)
-    assert out.shape == (96, 80, channels)
+    img = rng.random((40, 36, channels), dtype=np.float32)
+    out = sr("animevideov3", tile=64, overlap=8).run_array(img)
+    assert out.shape == (160, 144, channels)
     if channels in (2, 4):  # alpha is resized with Lanczos, not run through the network
         from tiledsr.resample import resize
 
-        expect = np.clip(resize(img[:, :, -1:], (96, 80), "lanczos"), 0, 1)
+        expect = np.clip(resize(img[:, :, -1:], (160, 144), "lanczos"), 0, 1)
         assert np.abs(out[:, :, -1:] - expect).max() < 1e-6
 
 
@@ -89,13 +89,13 @@ def test_pipeline_accepts_pil_numpy_torch_and_returns_same_kind():
 
 def test_progress_events_and_cancel():
     events = []
-    pipe = sr("animevideov3", tile=32, overlap=8)
-    pipe.run_array(photo(box=(0, 0, 24, 24)), progress=events.append)
+    pipe = sr("animevideov3", tile=64, overlap=8)
+    pipe.run_array(photo(box=(0, 0, 40, 40)), progress=events.append)
     assert events[0].event == "stage" and events[0].tile == 0
     prog = [e for e in events if e.event == "progress"]
     assert [e.tile for e in prog] == list(range(1, prog[0].tiles + 1)) and prog[-1].eta == 0
     with pytest.raises(Cancelled):
-        pipe.run_array(photo(box=(0, 0, 24, 24)), progress=lambda ev: ev.event != "progress")
+        pipe.run_array(photo(box=(0, 0, 40, 40)), progress=lambda ev: ev.event != "progress")
 
 
 def test_plan_loads_no_model():

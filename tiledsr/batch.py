@@ -32,6 +32,17 @@ class Job:
     dst: str
     format: str | None
     size: tuple[int, int]
+    work: Any = None  # WorkRef: where its finished work is kept, or None (streams)
+    dpi: tuple[float, float] | None = None  # from --print
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkRef:
+    """The work directory of a job: ``folder`` and the run's ``key``."""
+
+    folder: Any
+    key: str
 
 
 @dataclass(frozen=True)
@@ -43,12 +54,14 @@ class Batch:
 
 
 def plan_jobs(pipe: Any, inputs: Sequence[str], *, output: str | None, out_dir: str | None,
-              format: str | None, overwrite: bool, max_pixels: int) -> Batch:
+              format: str | None, overwrite: bool, max_pixels: int, work: dict | None = None) -> Batch:
     """Every check that can be made before a model loads, for a batch through ``pipe``.
 
     Inputs are found and their headers read; outputs are named, sized and checked against each
     other, the inputs and the formats' limits; models must be available and the memory estimate
-    within reach of this machine; ``out_dir`` is created last. Raises InputError (2),
+    within reach of this machine; ``out_dir`` is created last. ``work`` (``resume``,
+    ``restart``, ``work_dir``) gives file-to-file jobs a work directory, and refuses one that
+    holds an earlier run's unfinished work unless resumed or restarted. Raises InputError (2),
     ModelNotAvailable (3) or OutOfMemory (4).
     """
     from . import io as tio
@@ -70,7 +83,7 @@ def plan_jobs(pipe: Any, inputs: Sequence[str], *, output: str | None, out_dir: 
     fmt = format or pipe.preset.output.format
     plans = {f: pipe.plan((infos[f].width, infos[f].height), infos[f].channels) for f in files}
     jobs = [Job(f, infos[f], output or output_name(f, infos[f], plans[f].output_size, fmt, out_dir), None,
-                plans[f].output_size) for f in files]
+                plans[f].output_size, dpi=pipe.print_dpi(), notes=plans[f].notes) for f in files]
     check_collisions(jobs, overwrite)
     # 4. Memory.
     total = total_memory()
@@ -83,11 +96,31 @@ def plan_jobs(pipe: Any, inputs: Sequence[str], *, output: str | None, out_dir: 
             channels=j.info.channels, bit_depth=pipe.preset.output.bit_depth, overwrite=overwrite,
             inputs=[j.src])) for j in jobs]
     tio.remove_stale_temps(*(j.dst for j in jobs if j.dst != "-"))
+    if work is not None:
+        jobs = [replace(j, work=_work_ref(pipe, j, **work)) for j in jobs]
     notes = [f"skipped {len(earlier)} image(s) that an earlier run of tiledsr wrote (e.g. {quoted(min(earlier))}); "
              "name them explicitly to upscale them again"] if earlier else []
     for plan in plans.values():  # the same warning once, however many images share it
         notes += [w for w in plan.warnings if w not in notes]
     return Batch(tuple(jobs), tuple(notes))
+
+
+def _work_ref(pipe: Any, job: Job, *, resume: bool, restart: bool, work_dir: str | None) -> WorkRef | None:
+    """The job's work directory (file to file only); InputError when it holds unfinished work
+    and neither ``resume`` nor ``restart`` is asked for."""
+    from .checkpoint import check_disk, check_unfinished, disk_needed, file_digest, run_key, work_folder
+
+    if job.src == "-" or job.dst == "-" or not _is_regular_file(Path(job.src)):
+        return None
+    depth = pipe.preset.output.bit_depth or job.info.bit_depth
+    settings = (os.path.abspath(job.dst), pipe.preset, pipe.target, pipe.print_size, pipe.runtime, depth, job.format,
+                job.info.channels)
+    key = run_key(file_digest(job.src), settings)
+    folder = work_folder(job.dst, key, work_dir)
+    check_unfinished(folder, key, resume=resume, restart=restart, output=job.dst)
+    check_disk(folder, disk_needed(pipe.plan((job.info.width, job.info.height), job.info.channels),
+                                   job.info.channels, depth))
+    return WorkRef(folder, key)
 
 
 @contextlib.contextmanager

@@ -65,6 +65,24 @@ def _size(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+def _budget(text: str) -> int:
+    from .machine import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _print_size(text: str):
+    from .printsize import parse_print
+
+    try:
+        return parse_print(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _device(text: str) -> str:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text[:40]!r}")
@@ -77,6 +95,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=_positive_float, help="final scale factor, e.g. 2 or 3.5")
     size.add_argument("--size", type=_size, help="exact final size WIDTHxHEIGHT")
+    size.add_argument("--print", dest="print_size", type=_print_size, metavar="WxHUNIT@DPI",
+                      help="print size, e.g. 24x36in@300 (in, cm or mm): the final size in pixels, following "
+                           "the image's orientation, and the DPI written into the file")
     p.add_argument("--width", type=side, help="final width (height follows the aspect unless given)")
     p.add_argument("--height", type=side, help="final height (width follows the aspect unless given)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -90,6 +111,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_int_in(0, 2**63 - 1), help="random seed of the diffusion stages (default 0)")
     p.add_argument("--max-pixels", type=_int_in(1, 2**40),
                    help="largest input in pixels (decompression-bomb guard, default 268435456)")
+    p.add_argument("--memory-budget", type=_budget, metavar="SIZE",
+                   help="memory the run may use, e.g. 6GB (default: 60%% of the RAM available now, of free VRAM "
+                        "on CUDA); tiles and batches are chosen to fit")
     p.add_argument("--overwrite", action="store_true",
                    help="allow replacing existing files (an image may replace its own input)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
@@ -115,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="progress on stderr: a bar (default), JSON lines for programs, or nothing")
     up.add_argument("--format", choices=["png", "jpeg", "tiff", "webp"],
                     help="output format (default: the output's extension, else the input's format)")
+    up.add_argument("--work-dir", metavar="DIR",
+                    help="where unfinished work is kept for --resume (default: beside each output)")
+    again = up.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the unfinished work of an interrupted run")
+    again.add_argument("--restart", action="store_true",
+                       help="discard the unfinished work of an earlier run and start afresh")
 
     pl = sub.add_parser("plan", help="show sizes, tiles and memory for a run; loads no model")
     pl.add_argument("input", metavar="INPUT", nargs="?", help="image (none when the preset starts with txt2img)")
@@ -144,6 +174,7 @@ class Console:
         self.json_mode = json_mode
         self.t0 = time.perf_counter()
         self.abandoned = threading.Event()
+        self.resumable = False  # a work directory holds the finished work of the image in progress
         self._sinks: list = []
         if json_mode:
             from .progress import JsonRenderer
@@ -220,11 +251,12 @@ def _pipeline(args):
     if args.seed is not None:
         overrides["seed"] = args.seed
     width, height = args.size if args.size else (args.width, args.height)
-    if args.scale is not None and (width or height):
-        raise InputError("give --scale or --width/--height/--size, not both")
+    if (args.scale is not None or args.print_size is not None) and (width or height):
+        raise InputError("give --scale, --print or --width/--height/--size, not both")
     target = Target(args.scale, width, height) if (args.scale or width or height) else None
     return Pipeline.from_preset(args.preset, overrides=overrides, sets=args.sets, device=args.device,
-                                precision=args.precision, target=target)
+                                precision=args.precision, target=target, memory_budget=args.memory_budget,
+                                print_size=args.print_size)
 
 
 def _generates(pipe) -> bool:
@@ -250,32 +282,68 @@ def cmd_upscale(args, console: Console) -> int:
         raise InputError("upscale needs at least one INPUT image, folder or - (see tiledsr upscale --help)")
     max_pixels = args.max_pixels or tio.DEFAULT_MAX_PIXELS
     batch = plan_jobs(pipe, args.inputs, output=args.output, out_dir=args.out_dir, format=args.format,
-                      overwrite=args.overwrite, max_pixels=max_pixels)
+                      overwrite=args.overwrite, max_pixels=max_pixels, work=_work_options(args))
     for line in batch.warnings:
         console.warn(line)
-    # 2. Load the models, then run and write each image.
+    # 2. Load the models, then run and write each image, streamed from the last stage to the file.
     if args.progress == "bar":
         console.use_bar()
     console.interruptible(pipe.load)
     for job in batch.jobs:
         console.emit("start", input=job.src, output=job.dst)
-        out, info = _upscale_one(pipe, console, job.src, max_pixels)
-        notes = tio.write_image(job.dst, out, bit_depth=pipe.preset.output.bit_depth or info.bit_depth,
-                                format=job.format, icc_profile=info.icc_profile, exif=info.exif, dpi=info.dpi,
-                                overwrite=args.overwrite, inputs=[job.src])  # the others: plan_jobs
+        for line in job.notes:
+            console.warn(f"{job.src}: {line}")
+        notes, info = _upscale_one(pipe, console, job, max_pixels, args)
         for note in (*info.notes, *notes):
             console.warn(f"{job.src}: {note}")
         console.emit("done", input=job.src, output=job.dst)
     return 0
 
 
-def _upscale_one(pipe, console: Console, src: str, max_pixels: int):
-    """Read ``src`` and run it through ``pipe`` (interruptibly): (float32 image, its ImageInfo)."""
-    from . import io as tio
+def _work_options(args) -> dict:
+    return {"resume": args.resume, "restart": args.restart, "work_dir": args.work_dir}
 
-    image, info = tio.read_image(src, max_pixels)
-    progress = lambda ev: console.emit(ev.event, **_fields(ev, src))  # noqa: E731
-    return console.interruptible(lambda: pipe.run_array(image, progress)), info
+
+def _upscale_one(pipe, console: Console, job, max_pixels: int, args):
+    """Read ``job.src``, run it through ``pipe`` and write ``job.dst`` as the bands come
+    (interruptibly); the finished work is kept in the job's work directory until the file is
+    written. Returns (notes of the writer, the input's ImageInfo)."""
+    from . import io as tio
+    from .checkpoint import WorkDir
+
+    from .tiling.store import RowsStore
+
+    rows = tio.open_rows(job.src, max_pixels)
+    rows.read(rows.shape[0] - 1, rows.shape[0])  # a file cut short fails here, before any work
+    image, info = RowsStore(rows), rows.info
+    depth = pipe.preset.output.bit_depth or info.bit_depth
+    work = None
+    if job.work is not None:
+        work = WorkDir.open(job.work.folder, job.work.key, len(pipe._chain(info.height, info.width)), depth,
+                            resume=args.resume, restart=args.restart, output=job.dst)
+        console.resumable = True
+    progress = lambda ev: console.emit(ev.event, **_fields(ev, job.src))  # noqa: E731
+
+    def run():
+        shape, bands = pipe.stream(image, progress, work=work)
+        return tio.write_bands(job.dst, bands, size=shape[:2], channels=shape[2], bit_depth=depth,
+                               format=job.format, icc_profile=info.icc_profile, exif=info.exif,
+                               dpi=job.dpi or info.dpi, overwrite=args.overwrite, inputs=[job.src])
+
+    try:
+        notes = console.interruptible(run)
+    except TiledsrError as exc:
+        if work is not None and exc.exit_code in (2, 3, 4):  # the same run would fail again
+            work.remove()
+        raise
+    finally:
+        image.close()
+        if work is not None:
+            work.close()
+    if work is not None:
+        work.remove()
+        console.resumable = False
+    return notes, info
 
 
 def _generate(args, pipe, console: Console) -> int:
@@ -296,10 +364,14 @@ def _generate(args, pipe, console: Console) -> int:
         console.use_bar()
     console.interruptible(pipe.load)
     console.emit("start", output=args.output)
-    out = console.interruptible(lambda: pipe.run_array(
-        None, progress=lambda ev: console.emit(ev.event, **_fields(ev, ""))))
-    for note in tio.write_image(args.output, out, bit_depth=pipe.preset.output.bit_depth or 8, format=fmt,
-                                overwrite=args.overwrite):
+    depth = pipe.preset.output.bit_depth or 8
+
+    def run():
+        shape, bands = pipe.stream(None, lambda ev: console.emit(ev.event, **_fields(ev, "")))
+        return tio.write_bands(args.output, bands, size=shape[:2], channels=shape[2], bit_depth=depth, format=fmt,
+                               dpi=pipe.print_dpi(), overwrite=args.overwrite)
+
+    for note in console.interruptible(run):
         console.warn(note)
     console.emit("done", output=args.output)
     return 0
@@ -334,17 +406,27 @@ def cmd_plan(args) -> int:
     print(f"preset {pipe.preset.name}: {pipe.preset.description}")
     if info is not None:
         print(f"input  {args.input}: {info.width}x{info.height}, {info.channels} channel(s), {info.bit_depth}-bit")
+    print(f"memory budget {format_bytes(plan.budget)}"
+          + (" (--memory-budget)" if pipe._budget is not None else " (60% of the memory available now)"))
     for st in plan.stages:
         (ih, iw), (oh, ow) = st.input_size, st.output_size
         print(f"stage {st.index + 1}: {st.description}")
         print(f"  {iw}x{ih} -> {ow}x{oh}")
         if st.grid is not None:
-            g = st.grid
-            print(f"  tiles: {len(g.xs)} x {len(g.ys)} = {len(g)} of {g.tile_w}x{g.tile_h} output px,"
-                  f" overlap >= {g.overlap}; redundant compute {st.redundancy:.2f}x")
-        print(f"  memory: working set {format_bytes(st.tile_memory)}, output canvas {format_bytes(st.canvas_memory)}")
+            g, t = st.grid, st.tiling
+            print(f"  tiles: {len(g.xs)} x {len(g.ys)} = {len(g)} of {g.tile_w}x{g.tile_h} output px (tile {t.tile}, "
+                  f"overlap {t.overlap}, batch {t.batch}); redundant compute {st.redundancy:.2f}x")
+        print(f"  memory: model {format_bytes(st.tile_memory)}, rows in flight {format_bytes(st.canvas_memory)}; "
+              f"estimated peak {format_bytes(st.peak_memory)}")
     oh, ow = plan.output_size
-    print(f"output {ow}x{oh}; estimated peak memory {format_bytes(plan.peak_memory)}")
+    print(f"output {ow}x{oh}" + (f" at {pipe.print_dpi()[0]:g} DPI" if pipe.print_size is not None else "")
+          + f"; estimated peak memory {format_bytes(plan.peak_memory)}")
+    for note in plan.notes:
+        print(f"note: {note}")
+    if plan.peak_memory > plan.budget:
+        how = "with this --tile" if pipe.explicit_tile else "even at the smallest useful tiles"
+        print(f"warning: the estimate is above the memory budget {how}; the run backs off to smaller tiles "
+              "if it runs out of memory")
     for line in _plan_warnings(pipe, plan, total_memory()):
         print(f"warning: {line}")
     # 3. The tile grid over the image.
@@ -479,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     console = Console(_json_mode(argv))
+    import numpy  # noqa: F401 - its import turns a signal into an ImportError: done while Ctrl-C still ends us
     restore = signals.install()
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")  # odd file names never fail a print
@@ -491,14 +574,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt as exc:
-        return _fail(console, signals.exit_code(exc), f"interrupted ({signals.name(exc)}); no output was written "
-                     "for the image in progress", debug)
+        return _interrupted(console, exc, debug)
     except TiledsrError as exc:
         return _fail(console, exc.exit_code, str(exc), debug)
     except BrokenPipeError:
         return _fail(console, 1, "stdout was closed by the program reading it; the output is incomplete", debug)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, exit 1
         from .errors import as_out_of_memory
+
+        signal_exc = _interruption_in(exc)
+        if signal_exc is not None:  # a signal that came back wrapped (e.g. as an ImportError)
+            return _interrupted(console, signal_exc, debug)
 
         oom = as_out_of_memory(exc, "this run")
         if oom is not None:
@@ -508,6 +594,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         console.close()
         restore()
+
+
+def _interrupted(console: Console, exc: KeyboardInterrupt, debug: bool) -> int:
+    """The one line (and exit code 128 + N) of a run stopped by a signal."""
+    from .io import discard_live_temps
+
+    discard_live_temps()  # the abandoned worker's, if it was writing
+    again = ("its finished work is kept: rerun the same command with --resume to continue" if console.resumable
+             else "no output was written for the image in progress")
+    return _fail(console, signals.exit_code(exc), f"interrupted ({signals.name(exc)}); {again}", debug)
+
+
+def _interruption_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (a signal) that ``exc`` was raised while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _dispatch(argv: Sequence[str], console: Console) -> int:

@@ -11,11 +11,11 @@ reference (the input, resized to the output with Lanczos):
 * ``adain``: match each channel's mean and standard deviation to the reference's.
 
 Both work on colour channels only; alpha (2 or 4 channels) passes through.
-Whole-image numpy: peak memory is the image, the output, the resized
-reference and about three float32 planes. For tiling later: the wavelet
-low-pass reaches ``2**levels - 1`` pixels (31 for 5 levels), so tiles with that
-much context reproduce the whole-image result exactly; ``adain`` needs only
-the per-channel mean/std of image and reference, two numbers per channel.
+:func:`colorfix` works on whole arrays; :func:`colorfix_bands` on stores, band by band: the
+wavelet low-pass reaches ``2**levels - 1`` pixels (31 for 5 levels), so bands read with that
+much context reproduce the whole-image result exactly (the reference is resized band by band,
+equal up to float rounding); ``adain`` needs only the per-channel mean/std of image and
+reference, gathered in a first pass.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 from .errors import InputError
 from .resample import resize
 
-__all__ = ["LEVELS", "METHODS", "colorfix"]
+__all__ = ["LEVELS", "METHODS", "colorfix", "colorfix_bands"]
 
 METHODS = ("wavelet", "adain")
 LEVELS = 5
@@ -93,3 +93,69 @@ def colorfix(image: np.ndarray, reference: np.ndarray, method: str = "wavelet", 
     if alpha is not None:
         out = np.concatenate([out, alpha], axis=2)
     return out.reshape(np.shape(image))
+
+
+def colorfix_bands(src, reference, method: str = "wavelet", *, levels: int = LEVELS, start: int = 0,
+                   rows: int | None = None):
+    """:func:`colorfix` of the store ``src`` (H, W, C) towards the store ``reference`` (any size,
+    resized with Lanczos), as consecutive float32 bands in [0, 1] from row ``start`` on."""
+    from .resample import band_rows, resize_bands
+    from .tiling.store import MappedStore, StreamStore
+
+    if method not in METHODS:
+        raise InputError(f"colorfix method must be one of {METHODS}, got {method!r}")
+    if levels < 1:
+        raise InputError(f"colorfix levels must be >= 1, got {levels}")
+    h, w, c = src.shape
+    colours = 1 if c < 3 else 3
+    rc = reference.shape[2]
+    ref_colours = 1 if rc < 3 else 3
+    if ref_colours not in (1, colours):
+        raise InputError(f"reference must have {colours} colour channel(s) or 1, got {ref_colours}")
+    ref_planes = MappedStore(reference, lambda a: a[:, :, :ref_colours], ref_colours)
+    step = rows or band_rows(w, c)
+    reach = 2 ** levels - 1 if method == "wavelet" else 0
+
+    def resized_ref(first: int):
+        return StreamStore(resize_bands(ref_planes, (h, w), "lanczos", start=first), (h, w, ref_colours), first)
+
+    stats = _adain_stats(src, resized_ref(0), colours, step) if method == "adain" else None
+    ref = resized_ref(max(0, start - reach))
+    for y0 in range(start, h, step):
+        y1 = min(h, y0 + step)
+        a, b = max(0, y0 - reach), min(h, y1 + reach)
+        block, ref_block = src.read(a, b), ref.read(a, b)
+        out = np.empty((b - a, w, colours), np.float32)
+        for k in range(colours):
+            r = ref_block[:, :, min(k, ref_colours - 1)]
+            if stats is None:
+                out[:, :, k] = _fix_plane(block[:, :, k], r, method, levels)
+            else:
+                (m, sd), (rm, rsd) = stats[k]
+                out[:, :, k] = ((block[:, :, k] - m) * (rsd / max(sd, 1e-6)) + rm).astype(np.float32)
+        np.clip(out, 0.0, 1.0, out=out)
+        band = out[y0 - a:y1 - a]
+        if c in (2, 4):
+            band = np.concatenate([band, block[y0 - a:y1 - a, :, colours:]], axis=2)
+        yield np.ascontiguousarray(band)
+
+
+def _adain_stats(src, ref, colours: int, step: int) -> list:
+    """Per colour channel ((mean, std) of ``src``, (mean, std) of the resized ``ref``), float64."""
+    h = src.shape[0]
+    sums = np.zeros((2, colours, 3))  # [image|ref][channel][count, sum, sum of squares]
+    for y0 in range(0, h, step):
+        y1 = min(h, y0 + step)
+        for which, block in enumerate((src.read(y0, y1), ref.read(y0, y1))):
+            for k in range(colours):
+                p = block[:, :, min(k, block.shape[2] - 1)].astype(np.float64)
+                sums[which, k] += (p.size, p.sum(), np.square(p).sum())
+    out = []
+    for k in range(colours):
+        pair = []
+        for which in (0, 1):
+            n, s1, s2 = sums[which, k]
+            mean = s1 / n
+            pair.append((mean, float(np.sqrt(max(0.0, s2 / n - mean * mean)))))
+        out.append(tuple(pair))
+    return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -39,7 +39,12 @@ class Target:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """One stage of a plan; sizes are (H, W); memory in bytes."""
+    """One stage of a plan; sizes are (H, W); memory in bytes.
+
+    ``tile_memory``: the model's working set for a batch; ``canvas_memory``: the output rows
+    it holds; ``peak``: the run's estimated peak while this stage runs (everything held:
+    the process, the input, stores in RAM, the writer's band); ``tiling``: the tile, overlap
+    and batch chosen for the budget."""
 
     index: int
     description: str
@@ -49,16 +54,22 @@ class StagePlan:
     redundancy: float
     tile_memory: int
     canvas_memory: int
+    peak: int = 0
+    tiling: Any = None
 
     @property
     def peak_memory(self) -> int:
-        """Estimated peak bytes of this stage: its tile memory plus its input and output images."""
-        return self.tile_memory + self.canvas_memory + 4 * 4 * self.input_size[0] * self.input_size[1]
+        """Estimated peak bytes of the run while this stage runs."""
+        return self.peak or self.tile_memory + self.canvas_memory
 
 
 @dataclass(frozen=True)
 class Plan:
+    """Sizes, grids and memory of a run; ``notes`` (e.g. how a print size was fitted); ``budget`` in bytes."""
+
     stages: tuple[StagePlan, ...]
+    notes: tuple[str, ...] = ()
+    budget: int = 0
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -90,6 +101,18 @@ class Plan:
                           f"machine has {format_bytes(total)} of RAM and swap; {hint}")
 
 
+def _budget_bytes(value) -> int | None:
+    """A memory budget given as bytes or text (``"6GB"``) -> bytes; None stays None."""
+    if value is None:
+        return None
+    from .machine import parse_bytes
+
+    try:
+        return parse_bytes(value) if isinstance(value, str) else int(parse_bytes(str(int(value))))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"memory_budget: {exc}") from None
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> cuda, mps or cpu, whichever is available; checks that an explicit one is."""
     import torch
@@ -116,12 +139,27 @@ class Pipeline:
 
     ``stages`` items are mappings like ``{"type": "sr", "model": "x4plus"}``.
     ``device``: auto|cpu|cuda[:N]|mps; ``precision``: auto|fp32|fp16|bf16.
+    ``memory_budget``: bytes (or ``"6GB"``) the run may use; tiles and batches are chosen to
+    fit (default: 60% of the memory available now). ``print_size``: ``"24x36in@300"`` (or a
+    :class:`~tiledsr.printsize.PrintSize`) sets the final size from the print, following the
+    image's orientation.
     """
 
     def __init__(self, stages: Sequence[Mapping[str, Any]] | Preset, *, device: str | None = None,
                  precision: str | None = None, seed: int | None = None, target: Target | None = None,
-                 threads: int | None = None, scratch_dir: str | None = None):
+                 threads: int | None = None, scratch_dir: str | None = None, memory_budget: int | str | None = None,
+                 print_size: Any = None):
         preset = stages if isinstance(stages, Preset) else validate({"stages": list(stages)}, "pipeline")
+        self._budget = _budget_bytes(memory_budget)
+        self._base_tiling: dict[int, Any] = {}
+        self.explicit_tile = False  # a tile given by the user: the planner keeps it
+        if isinstance(print_size, str):
+            from .printsize import parse_print
+
+            print_size = parse_print(print_size)
+        if print_size is not None and target is not None:
+            raise InputError("give a print size or a target size, not both")
+        self.print_size = print_size
         self.preset = preset
         self.target = target
         self._device = device or preset.device
@@ -136,8 +174,19 @@ class Pipeline:
     def from_preset(cls, name_or_path: str = "photo-x4", *, overrides: Mapping[str, Any] = {},
                     sets: Sequence[str] = (), **kwargs) -> "Pipeline":
         """Pipeline from a bundled preset name or YAML path; ``overrides`` set top-level preset keys
-        (tile, overlap, blend, batch, ...), ``sets`` are ``--set``-style ``STAGE.KEY=VALUE`` items."""
-        return cls(load_preset(name_or_path, overrides, sets), **kwargs)
+        (tile, overlap, blend, batch, ...), ``sets`` are ``--set``-style ``STAGE.KEY=VALUE`` items.
+
+        A ``tile`` given without an ``overlap`` brings the preset's overlap down in proportion
+        (never up); a tile given here or by ``--set`` is kept as it is by the planner."""
+        overrides = dict(overrides)
+        if "tile" in overrides and "overlap" not in overrides:
+            plain = load_preset(name_or_path)
+            t = plain.tiling
+            overrides["overlap"] = min(t.overlap, t.overlap * int(overrides["tile"]) // max(t.tile, 1))
+        pipe = cls(load_preset(name_or_path, overrides, sets), **kwargs)
+        pipe.explicit_tile = "tile" in overrides or any(
+            s.split("=", 1)[0].strip().split(".")[-1] == "tile" for s in sets)
+        return pipe
 
     def _chain(self, height: int, width: int) -> list[Stage]:
         """Stages for an input of this size, plus a final exact resize when a target asks for one.
@@ -145,34 +194,100 @@ class Pipeline:
         A target scale is relative to the input, or to the first stage's output when that
         stage is a source (height and width 0)."""
         chain = list(self.stages)
-        if self.target is not None:
+        target = self._target_for(height, width)
+        if target is not None:
             h, w = height, width
             for st in chain:
                 h, w = st.output_size(h, w)
             ref = (height, width) if height else chain[0].output_size(0, 0)
-            th, tw = self.target.size(*ref)
+            th, tw = target.size(*ref)
             if (th, tw) != (h, w):
                 chain.append(ResizeStage(ResizeConfig(width=tw, height=th), self.preset.tiling, self.runtime))
         return chain
 
+    def _print_target(self, height: int, width: int):
+        """The print size's PrintTarget for an input of (height, width) (a source stage's output if 0)."""
+        from .printsize import print_target
+
+        if not height:
+            height, width = self.stages[0].output_size(0, 0)
+        return print_target(self.print_size, width, height)
+
+    def _target_for(self, height: int, width: int) -> Target | None:
+        if self.print_size is None:
+            return self.target
+        pt = self._print_target(height, width)
+        return Target(width=pt.width, height=pt.height)
+
+    def print_dpi(self) -> tuple[float, float] | None:
+        """The DPI the print size asks to write, or None."""
+        return None if self.print_size is None else self._print_target(1, 1).dpi
+
     def plan(self, size: tuple[int, int], channels: int = 3) -> Plan:
-        """Plan for an input of ``size = (width, height)``: sizes, grids, memory. Loads no model."""
+        """Plan for an input of ``size = (width, height)``: sizes, grids, memory. Loads no model.
+
+        Each tiled stage gets the largest tile (up to its preset's) and batch whose estimated
+        peak fits the memory budget, unless the tile was given explicitly; the stages keep it
+        for the run that follows."""
+        from .memory import BASE_BYTES, writer_bytes
+
         w, h = size
+        budget = self.memory_budget()
+        in_ram = budget // 4
+        chain = self._chain(h, w)
+        source = 4 * h * w * channels
+        held_in = 0  # the previous stage's output, when it is kept in RAM
         rows = []
-        for i, st in enumerate(self._chain(h, w)):
+        for i, st in enumerate(chain):
             problem = st.check_tiling()
             if problem:
                 raise InputError(f"stage {i + 1} ({st.type}): {problem}")
+            mh, mw = st.min_input_size()
+            if st.consumes != "nothing" and (h < mh or w < mw):
+                raise InputError(_too_small(chain, i, size, (h, w)))
             oh, ow = st.output_size(h, w)
             if max(oh, ow) > MAX_SIDE:
                 raise InputError(f"stage {i + 1} ({st.type}) would make a {ow}x{oh} image; tiledsr handles at "
                                  f"most {MAX_SIDE} pixels a side")
-            grid = st.grid(h, w)
+            last = i == len(chain) - 1
+            out_bytes = 4 * oh * ow * channels
+            held_out = 0 if last or out_bytes > in_ram else out_bytes
+            other = BASE_BYTES + source + held_in + held_out + (writer_bytes(ow, channels, oh) if last else 0)
+            self._fit(st, h, w, channels, budget - other)
             mem = st.memory_estimate(h, w, channels)
-            rows.append(StagePlan(i, st.describe(), (h, w), (oh, ow), grid, st.redundancy(h, w),
-                                  mem["tile"], mem["canvas"]))
-            h, w = oh, ow
-        return Plan(tuple(rows))
+            peak = other + mem["tile"] + mem["canvas"]
+            rows.append(StagePlan(i, st.describe(), (h, w), (oh, ow), st.grid(h, w), st.redundancy(h, w),
+                                  mem["tile"], mem["canvas"], peak, st.tiling))
+            h, w, held_in = oh, ow, held_out
+        notes = ()
+        if self.print_size is not None:
+            pt = self._print_target(size[1], size[0])
+            notes = (pt.note,) if pt.note else ()
+        return Plan(tuple(rows), notes, budget)
+
+    def _fit(self, st: Stage, h: int, w: int, channels: int, room: int) -> None:
+        """Give ``st`` the largest tile and batch (up to its preset's) whose estimate fits ``room`` bytes."""
+        from .memory import fit_tile
+
+        base = self._base_tiling.setdefault(id(st), st.tiling)
+        st.tiling = base
+        if st.grid(h, w) is None or self.explicit_tile:
+            return
+
+        def estimate(tile: int, overlap: int, batch: int) -> int:
+            st.tiling = dataclasses.replace(base, tile=tile, overlap=overlap, batch=batch)
+            mem = st.memory_estimate(h, w, channels)
+            return mem["tile"] + mem["canvas"]
+
+        for batch in sorted({base.batch, 1}, reverse=True):
+            fit = fit_tile(lambda t, o: estimate(t, o, batch), base.tile, base.overlap,
+                           min(base.tile, st.least_tile()), room)
+            if fit is not None:
+                st.tiling = dataclasses.replace(base, tile=fit[0], overlap=fit[1], batch=batch)
+                return
+        least = min(base.tile, st.least_tile())  # nothing fits: the smallest (the run may still back off)
+        st.tiling = dataclasses.replace(base, tile=least, overlap=min(base.overlap, base.overlap * least // base.tile),
+                                        batch=1)
 
     def check_models(self) -> None:
         """ModelNotAvailable naming every model of the pipeline that is not available; loads none."""
@@ -197,30 +312,139 @@ class Pipeline:
         ``image`` is None when the first stage is a source (txt2img). Adjacent stages that
         share a VAE latent space pass latents; a pixel stage between them forces decode and encode.
         """
-        # 1. Load models; work out the chain for this input.
+        from .tiling.store import collect
+
+        return collect(self.stream(image, progress)[1])
+
+    def output_shape(self, shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
+        """(H', W', C') of the output for an input of ``shape`` (H, W, C), or None before a source stage."""
+        h, w, c = shape if shape is not None else (0, 0, 3)
+        for st in self._chain(h, w):
+            h, w = st.output_size(h, w)
+        return h, w, c
+
+    def stream(self, image: Any = None, progress: ProgressCallback | None = None, *,
+               work: Any = None) -> tuple[tuple[int, int, int], Iterator[np.ndarray]]:
+        """The output as ``(shape, bands)``: (H', W', C') and its consecutive row bands, computed as
+        they are consumed, so memory follows the tiles in flight, never the image.
+
+        ``image``: an (H, W, C) float32 array in [0, 1] on the CPU, a store
+        (:mod:`tiledsr.tiling.store`), or None before a source stage. Bands are float32 in
+        [0, 1]; with ``work`` (a :class:`~tiledsr.checkpoint.WorkDir`) every stage's output is
+        kept there and the bands are the output's uint8/uint16 values, from the kept rows first.
+        Between stages, an image larger than a quarter of the memory budget goes to a file in the
+        scratch folder (the work directory, ``scratch_dir``, or the system's temporary folder).
+        """
+        from .tiling.store import ArrayStore
+
         self.load()
         first = self.stages[0]
         if image is None and first.consumes != "nothing":
             raise InputError(f"stage {first.type!r} needs an input image")
-        chain = self._chain(*(image.shape[:2] if image is not None else (0, 0)))
+        store = ArrayStore(image) if isinstance(image, np.ndarray) else image
+        shape = self.output_shape(store.shape if store is not None else None)
+        h, w, c = store.shape if store is not None else (0, 0, 3)
+        self.plan((w, h), c)  # tiles and batches fitted to the budget
+        chain = self._chain(h, w)
+        return shape, self._bands(store, chain, progress, work)
+
+    def _bands(self, source, chain: list[Stage], progress, work) -> Iterator[np.ndarray]:
+        """Each stage in order, the last one's bands handed on as they come."""
+        import tempfile
+
+        from .stages.base import StageReport
+        from .tiling.store import ArrayStore, fill, new_store
+
         rep = Reporter(progress, len(chain))
-        data = image
-        # 2. Each stage in order, converting between pixels and latents only where needed.
-        for i, st in enumerate(chain):
-            data = self._convert(data, st, rep, i)
-            size = _size_of(data)
-            grid = st.grid(*size) if size is not None else None
-            rep.stage(st.type, i, len(grid) if grid is not None else 1)
-            data = _run_stage(st, i, data, rep, image)
-        # 3. Back to pixels.
-        return self._to_pixels(data, rep, len(chain) - 1)
+        folder = work.folder if work is not None else (self.runtime.scratch_dir or tempfile.gettempdir())
+        in_ram = self.memory_budget() // 4
+        data, temps = source, []
+        try:
+            for i, st in enumerate(chain):
+                last = i == len(chain) - 1
+                kept = self._kept(work, i, st, last)
+                if kept is not None:
+                    data = kept
+                    if last and work is not None:
+                        yield from work_bands(work, i, kept.shape, iter(()), kept.shape[0])
+                        return
+                    continue
+                data = self._convert(data, st, rep, i)
+                report = StageReport(rep.tile, rep.note)
+                if st.consumes == "pixels" and st.produces == "pixels":
+                    h, w, c = data.shape
+                    shape = (*st.output_size(h, w), c)
+                    grid = st.grid(h, w)
+                    start = work.rows(i) if work is not None else 0
+                    rep.stage(st.type, i, len(grid) if grid is not None else 1)
+                    bands = _guarded(st.stream(data, report, source, start), st, i, (h, w))
+                    if last:
+                        yield from (work_bands(work, i, shape, bands, start) if work is not None else bands)
+                        return
+                    out = work.store(i, shape) if work is not None else new_store(shape, in_ram, folder)
+                    temps.append(out)
+                    fill(out, bands, start, (lambda r, i=i, out=out: work.advance(i, out, r)) if work else None)
+                    if work is not None:
+                        work.finish(i, out, shape[0])
+                else:
+                    size = _size_of(data)
+                    grid = st.grid(*size) if size is not None else None
+                    rep.stage(st.type, i, len(grid) if grid is not None else 1)
+                    arg = data.read(0, data.shape[0]) if hasattr(data, "read") else data
+                    steps = work.steps(i) if work is not None and _fused(st) else None
+                    out = _run_stage(st, i, arg, report, _array(source), steps)
+                    if isinstance(out, np.ndarray):
+                        out = ArrayStore(out)
+                    elif work is not None:
+                        work.save_latents(i, out)
+                    if work is not None and isinstance(out, ArrayStore):
+                        if last:
+                            yield from work_bands(work, i, out.shape, iter([out.array]), 0)
+                            return
+                        kept_store = work.store(i, out.shape)
+                        kept_store.write(0, out.array)
+                        work.finish(i, kept_store, out.shape[0])
+                data = out
+            # 3. Back to pixels.
+            pixels = self._to_pixels(data, rep, len(chain) - 1)
+            if work is not None:
+                yield from work_bands(work, len(chain), pixels.shape, iter([pixels]), 0)
+            else:
+                yield pixels
+        finally:
+            for t in temps:
+                t.close()
+
+    def _kept(self, work, i: int, st: Stage, last: bool):
+        """What ``work`` kept of stage ``i`` when it finished: a store or Latents; else None."""
+        if work is None or not work.done(i):
+            return None
+        entry = work.progress.get(str(i), {})
+        if entry.get("kind") == "latents":
+            return work.load_latents(i, st.codec, self.runtime.device)
+        shape = tuple(entry.get("shape", ()))
+        if len(shape) != 3:
+            return None
+        return work.store(i, shape, final=last)
+
+    def memory_budget(self) -> int:
+        """Bytes this run may use: ``memory_budget``, else a safe fraction of the memory available now."""
+        if self._budget is not None:
+            return self._budget
+        from .machine import default_budget
+
+        return default_budget(self.runtime.device)
 
     def _convert(self, data, st: Stage, rep: Reporter, index: int):
         """Hand ``data`` to ``st`` in the form it consumes (tiled VAE encode/decode if needed)."""
+        from .tiling.store import ArrayStore
+
         if st.consumes == "nothing":
             return None
         if st.consumes == "pixels":
-            return self._to_pixels(data, rep, index)
+            if hasattr(data, "read"):
+                return data
+            return ArrayStore(self._to_pixels(data, rep, index))
         from .diffusion.codec import Latents
 
         if isinstance(data, Latents) and data.codec.space == st.codec.space:
@@ -233,6 +457,8 @@ class Pipeline:
     def _to_pixels(data, rep: Reporter, index: int) -> np.ndarray:
         if isinstance(data, np.ndarray):
             return data
+        if hasattr(data, "read"):
+            return data.read(0, data.shape[0])
         rep.stage("decode", index, len(data.codec.grid(*data.size)))
         return data.codec.decode(data, rep.tile)
 
@@ -248,26 +474,110 @@ class Pipeline:
         return to_like(self.run_array(array, progress), image)
 
 
-def _run_stage(st: Stage, index: int, data, rep: Reporter, image):
+def _sides(h: int, w: int) -> str:
+    return f"{h} px per side" if h == w else f"{w}x{h} px"
+
+
+def _too_small(chain: Sequence[Stage], index: int, size: tuple[int, int], got: tuple[int, int]) -> str:
+    """One line for an input ``size`` (W, H) too small for stage ``index`` (whose input is ``got``, (H, W)):
+    the smallest input the whole chain accepts."""
+    st, (w, h) = chain[index], size
+    own = _sides(*st.min_input_size())
+    if chain[0].consumes == "nothing":  # a source: no input to make larger
+        return f"stage {index + 1} ({st.type}) needs an input of at least {own}, got {got[1]}x{got[0]}"
+    least = _sides(*_least_input(chain, h, w))
+    if index == 0 and least == own:
+        return f"{st.type} needs an input of at least {own}, got {w}x{h}"
+    return f"this pipeline needs an input of at least {least} (stage {index + 1}, {st.type}, needs {own}), got {w}x{h}"
+
+
+def _least_input(chain: Sequence[Stage], height: int, width: int) -> tuple[int, int]:
+    """Smallest (H, W) input every stage of ``chain`` accepts: each side searched with the other as given."""
+    def fits(h: int, w: int, axis: int) -> bool:
+        for st in chain:
+            if (h, w)[axis] < st.min_input_size()[axis]:
+                return False
+            h, w = st.output_size(h, w)
+        return True
+
+    least = []
+    for axis in (0, 1):
+        lo, hi = 1, MAX_SIDE
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(*((mid, width) if axis == 0 else (height, mid)), axis) else (mid + 1, hi)
+        least.append(lo)
+    return least[0], least[1]
+
+
+def _run_stage(st: Stage, index: int, data, rep, image, steps=None):
     """``st.run``, with running out of memory reported as OutOfMemory naming the stage."""
+    try:
+        if steps is not None:
+            return st.run(data, rep, image, checkpoint=steps)
+        return st.run(data, rep, image)
+    except (MemoryError, RuntimeError) as exc:
+        raise _oom(exc, st, index, _size_of(data)) from exc
+
+
+def _oom(exc: BaseException, st: Stage, index: int, size):
+    """``exc`` as the OutOfMemory naming the stage, or ``exc`` itself when it is not one."""
     from .errors import as_out_of_memory
 
+    where = f"stage {index + 1} ({st.describe()})" + (f" on a {size[1]}x{size[0]} image" if size else "")
+    tiled = size is not None and st.grid(*size) is not None
+    oom = as_out_of_memory(exc, where, "try a smaller --tile" if tiled else "choose a smaller output size")
+    return exc if oom is None else oom
+
+
+def _guarded(bands: Iterator[np.ndarray], st: Stage, index: int, size) -> Iterator[np.ndarray]:
+    """``bands`` with running out of memory reported as OutOfMemory naming the stage."""
     try:
-        return st.run(data, rep.tile, image)
+        yield from bands
     except (MemoryError, RuntimeError) as exc:
-        size = _size_of(data)
-        where = f"stage {index + 1} ({st.describe()})" + (f" on a {size[1]}x{size[0]} image" if size else "")
-        tiled = size is not None and st.grid(*size) is not None
-        oom = as_out_of_memory(exc, where, "try a smaller --tile" if tiled else "choose a smaller output size")
-        if oom is None:
+        err = _oom(exc, st, index, size)
+        if err is exc:
             raise
-        raise oom from exc
+        raise err from exc
+
+
+def _fused(st: Stage) -> bool:
+    """A stage whose per-step state can be kept (fused denoising)."""
+    import inspect
+
+    return "checkpoint" in inspect.signature(st.run).parameters and getattr(st, "consumes", "") == "latents"
+
+
+def _array(source):
+    """The pipeline's input as an array for whole-image stages, or None."""
+    if source is None or isinstance(source, np.ndarray):
+        return source
+    return source.read(0, source.shape[0])
+
+
+def work_bands(work, i: int, shape, bands: Iterator[np.ndarray], start: int) -> Iterator[np.ndarray]:
+    """The final output as uint8/uint16 bands at ``work.depth``: rows kept by an earlier run first,
+    then ``bands`` (float, from row ``start``), each quantised and kept before it is handed on."""
+    from .tiling.store import quantize
+
+    store = work.store(i, shape, final=True)
+    step = max(1, (32 << 20) // max(1, shape[1] * shape[2] * 2))
+    for y in range(0, start, step):
+        yield store.read(y, min(start, y + step))
+    y = start
+    for band in bands:
+        q = quantize(band, work.depth)
+        store.write(y, q)
+        y += len(q)
+        work.advance(i, store, y)
+        yield q
+    work.finish(i, store, y)
 
 
 def _size_of(data) -> tuple[int, int] | None:
     """Pixel (H, W) that ``data`` stands for: an image, Latents, or None before a source stage."""
     if data is None:
         return None
-    if isinstance(data, np.ndarray):
-        return data.shape[:2]
+    if isinstance(data, np.ndarray) or hasattr(data, "read"):
+        return tuple(data.shape[:2])
     return data.size

@@ -15,7 +15,7 @@ from .errors import Cancelled
 
 __all__ = ["JsonRenderer", "BarRenderer", "ProgressCallback", "ProgressEvent", "Reporter"]
 
-EventKind = Literal["start", "stage", "progress", "done", "warning", "error"]
+EventKind = Literal["start", "stage", "progress", "backoff", "done", "warning", "error"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,12 @@ class Reporter:
                   step=step, steps=steps, eta=eta)
 
 
+    def note(self, message: str) -> None:
+        """A ``backoff`` event: the stage ran out of memory and goes on with smaller tiles."""
+        name, index = self._stage if self._stage is not None else (None, None)
+        self.emit("backoff", stage=name, stage_index=index, stages=self.stages, message=message)
+
+
 class JsonRenderer:
     """Writes each event as one JSON object per line (to stderr by default)."""
 
@@ -107,6 +113,9 @@ class BarRenderer:
             if self._bar.total != total:
                 self._bar.total = total
             self._bar.update(done - self._bar.n)
+        elif event.event == "backoff" and event.message:
+            tqdm_write = __import__("tqdm").tqdm.write
+            tqdm_write(f"tiledsr: note: {event.message}", file=sys.stderr)
         elif event.event in ("done", "error"):
             self.close()
             if event.event == "done" and event.output:

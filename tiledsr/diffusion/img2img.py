@@ -48,25 +48,33 @@ def _predictor(unet, scheduler, embeds: PromptEmbeds, guidance: float):
 
 
 def _run(unet, scheduler, x: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds, generator, *,
-         guidance: float, tile: int, overlap: int, blend: str, batch: int, order, progress) -> torch.Tensor:
-    grid = latent_grid(x.shape[2], x.shape[3], tile, overlap, unet_multiple(unet))
+         guidance: float, tile: int, overlap: int, blend: str, batch: int, order, progress, checkpoint=None,
+         on_backoff=None) -> torch.Tensor:
+    m = unet_multiple(unet)
+    grid = latent_grid(x.shape[2], x.shape[3], tile, overlap, m)
+
+    def regrid(side: int):
+        return latent_grid(x.shape[2], x.shape[3], side, overlap * side // max(tile, 1), m)
+
     predict = _predictor(unet, scheduler, embeds, guidance)
     return denoise(x, scheduler, timesteps, predict, grid, blend=blend, batch=batch, order=order,
-                   step_kwargs=step_kwargs(scheduler, generator), progress=progress)
+                   step_kwargs=step_kwargs(scheduler, generator), progress=progress, regrid=regrid,
+                   checkpoint=checkpoint, generator=generator, on_backoff=on_backoff)
 
 
 @torch.no_grad()
 def img2img_latents(unet, scheduler, init_latents: torch.Tensor, embeds: PromptEmbeds, *, steps: int,
                     strength: float, guidance: float, seed: int, tile: int, overlap: int, blend: str = "cosine",
                     batch: int = 1, order: Sequence[int] | None = None,
-                    progress: Progress | None = None) -> torch.Tensor:
+                    progress: Progress | None = None, checkpoint=None, on_backoff=None) -> torch.Tensor:
     """Refine latents (1, 4, h, w) -> (1, 4, h, w) on the UNet's device and dtype, tile by tile.
 
     ``init_latents`` are already multiplied by the VAE scaling factor. As in
     diffusers, only the last ``int(steps * strength)`` of ``steps`` timesteps
     run (progress reports that many steps). ``tile``/``overlap`` in latent
     pixels (see :func:`latent_grid`). ``embeds`` from :func:`encode_sd_prompt`
-    with the same ``guidance``. The scheduler passed in is not modified.
+    with the same ``guidance``. The scheduler passed in is not modified. ``checkpoint`` and
+    ``on_backoff``: see :func:`~tiledsr.diffusion.loop.denoise`.
     """
     # 1. Check inputs
     _check(unet, embeds, steps, guidance)
@@ -94,7 +102,8 @@ def img2img_latents(unet, scheduler, init_latents: torch.Tensor, embeds: PromptE
 
     # 4. Denoising loop
     return _run(unet, scheduler, x, timesteps, embeds.to(device, dtype), generator, guidance=guidance, tile=tile,
-                overlap=overlap, blend=blend, batch=batch, order=order, progress=progress)
+                overlap=overlap, blend=blend, batch=batch, order=order, progress=progress, checkpoint=checkpoint,
+                on_backoff=on_backoff)
 
 
 @torch.no_grad()

@@ -20,7 +20,6 @@ blending at all, so the math is exactly the diffusers pipeline's.
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -45,16 +44,6 @@ def unet_multiple(unet) -> int:
     return 2 ** (len(unet.config.down_block_types) - 1)
 
 
-def _axis(length: int, tile: int, overlap: int, m: int) -> tuple[int, tuple[int, ...]]:
-    """Tile length (a multiple of ``m``, at most ``tile``) and starts covering ``length``."""
-    if length % m == 0:
-        return axis_starts(length, tile, overlap, m)
-    tile = min(tile, length - length % m)  # largest multiple that fits: at least two tiles
-    span = length - tile
-    n = 1 + math.ceil(span / (tile - overlap))
-    return tile, tuple(i * span // (n - 1) for i in range(n))
-
-
 def latent_grid(height: int, width: int, tile: int, overlap: int, multiple: int) -> TileGrid:
     """Grid of equal tiles over a ``height`` x ``width`` latent canvas, every tile side a multiple of ``multiple``.
 
@@ -63,7 +52,8 @@ def latent_grid(height: int, width: int, tile: int, overlap: int, multiple: int)
     and ``overlap`` is clamped to ``tile - multiple``. An axis no longer than
     the tile is one tile if its length is a multiple; otherwise it gets the
     largest multiple that fits, twice or more, overlapping (no padding: every
-    tile is real canvas). A side shorter than ``2 * multiple`` is an :class:`InputError`.
+    tile is real canvas; see :func:`~tiledsr.tiling.grid.axis_starts`). A side
+    shorter than ``2 * multiple`` is an :class:`InputError`.
     """
     m = max(1, multiple)
     if height < 2 * m or width < 2 * m:
@@ -72,8 +62,8 @@ def latent_grid(height: int, width: int, tile: int, overlap: int, multiple: int)
         raise InputError(f"tile must be positive and overlap >= 0, got tile {tile}, overlap {overlap}")
     tile = max(2 * m, tile - tile % m)
     overlap = min(overlap, tile - m)
-    th, ys = _axis(height, tile, overlap, m)
-    tw, xs = _axis(width, tile, overlap, m)
+    th, ys = axis_starts(height, tile, overlap, m)
+    tw, xs = axis_starts(width, tile, overlap, m)
     return TileGrid(height, width, th, tw, overlap, ys, xs)
 
 
@@ -136,8 +126,11 @@ def predict_canvas(latents: torch.Tensor, t: torch.Tensor, predict: TilePredict,
     tiles = grid.tiles
     preds: list[torch.Tensor | None] = [None] * len(tiles)
     done = 0
+    from ..faults import maybe_fail_oom
+
     for group in _batches(_processing_order(tiles, order), max(1, batch)):
         x = torch.cat([latents[(..., *tile.slices)] for tile in group])
+        maybe_fail_oom("torch", str(x.device))
         out = predict(x, group, t)
         for tile, o in zip(group, out):
             preds[tile.index] = o[None]
@@ -148,7 +141,9 @@ def predict_canvas(latents: torch.Tensor, t: torch.Tensor, predict: TilePredict,
 
 def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: TilePredict, grid: TileGrid, *,
             blend: str, batch: int, order: Sequence[int] | None = None, step_kwargs: dict | None = None,
-            progress: Progress | None = None) -> torch.Tensor:
+            progress: Progress | None = None, regrid: Callable[[int], TileGrid] | None = None,
+            checkpoint=None, generator: torch.Generator | None = None,
+            on_backoff: Callable[[str], None] | None = None) -> torch.Tensor:
     """Run ``timesteps`` of ``scheduler`` on the canvas ``latents`` (1, C, H, W) -> denoised latents, same shape.
 
     ``scheduler`` must already hold its timesteps (``set_timesteps``, and
@@ -156,16 +151,78 @@ def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: 
     whole canvas. ``order`` permutes the tile processing order (the result
     does not depend on it); ``progress`` is called after every tile batch and
     may raise to cancel.
+
+    Out of memory in ``predict``: the step is redone with half the batch, then (given
+    ``regrid(tile) -> grid``) with half the tile; ``on_backoff(message)`` says so.
+    ``checkpoint`` (a :class:`~tiledsr.checkpoint.StepState`) keeps the state after every step
+    (canvas, scheduler, ``generator``) and continues from it when it holds one.
     """
+    from ..errors import as_out_of_memory
+
     if blend not in BLENDS:
         raise InputError(f"blend must be one of {BLENDS}, got {blend!r}")
+    steps = len(timesteps)
+    first = 0
+    if checkpoint is not None:
+        first, latents = _resumed(checkpoint, steps, latents, scheduler, generator)
     blender = None if len(grid) == 1 else Blender(grid, blend, latents.device)
-    steps, tiles = len(timesteps), len(grid)
-    for i, t in enumerate(timesteps):
+    i = first
+    while i < steps:
+        t = timesteps[i]
+
         def report(done: int, i: int = i) -> None:
             if progress is not None:
-                progress(i + 1, steps, done, tiles)
+                progress(i + 1, steps, done, len(grid))
 
-        out = predict_canvas(latents, t, predict, grid, blender, batch=batch, order=order, on_batch=report)
+        try:
+            out = predict_canvas(latents, t, predict, grid, blender, batch=batch, order=order, on_batch=report)
+        except (MemoryError, RuntimeError) as exc:
+            oom = as_out_of_memory(exc, f"denoising {max(grid.tile_h, grid.tile_w)} px latent tiles",
+                                   "even the smallest tile does not fit; free memory")
+            if oom is None:
+                raise
+            side = max(grid.tile_h, grid.tile_w)
+            if batch > 1:
+                batch //= 2
+                message = f"out of memory with a batch of {2 * batch} tiles; going on with {batch}"
+            elif regrid is not None and side // 2 >= 2 * _multiple_of(grid) and len(grid) >= 1:
+                new = regrid(side // 2)
+                if max(new.tile_h, new.tile_w) >= side:
+                    raise oom from exc
+                grid, order = new, None
+                blender = None if len(grid) == 1 else Blender(grid, blend, latents.device)
+                message = f"out of memory with {side} px latent tiles; going on with {max(grid.tile_h, grid.tile_w)}"
+            else:
+                raise oom from exc
+            if on_backoff is not None:
+                on_backoff(message)
+            continue
         latents = scheduler.step(out, t, latents, **(step_kwargs or {}), return_dict=False)[0]
+        i += 1
+        if checkpoint is not None:
+            checkpoint.save(i, latents, scheduler, generator)
     return latents
+
+
+def _multiple_of(grid: TileGrid) -> int:
+    """The largest power of two (up to 64) dividing every tile side and start of ``grid``."""
+    m = 64
+    while m > 1 and any(v % m for v in (grid.tile_h, grid.tile_w, *grid.ys, *grid.xs)):
+        m //= 2
+    return m
+
+
+def _resumed(checkpoint, steps: int, latents: torch.Tensor, scheduler, generator):
+    """(first step to run, canvas) from ``checkpoint``'s saved state, restoring scheduler and generator."""
+    from ..checkpoint import restore_scheduler
+
+    saved = checkpoint.load()
+    if saved is None:
+        return 0, latents
+    done = int(saved["step"])
+    if not 0 < done <= steps or tuple(saved["latents"].shape) != tuple(latents.shape):
+        return 0, latents
+    restore_scheduler(scheduler, saved["scheduler"])
+    if generator is not None and "generator" in saved:
+        generator.set_state(saved["generator"])
+    return done, saved["latents"].to(latents.device, latents.dtype)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
 
 import numpy as np
 
@@ -86,6 +86,10 @@ class Stage:
         """(H, W) of the output for an input of (height, width)."""
         raise NotImplementedError
 
+    def min_input_size(self) -> tuple[int, int]:
+        """Smallest (H, W) input this stage accepts; ``Pipeline.plan`` refuses smaller ones up front."""
+        return 1, 1
+
     def grid(self, height: int, width: int) -> TileGrid | None:
         """Tile grid over the output for an input of (height, width), or None if not tiled."""
         oh, ow = self.output_size(height, width)
@@ -97,9 +101,14 @@ class Stage:
         return 1.0 if g is None else g.redundancy
 
     def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
-        """Bytes: ``{"tile": peak working memory per batch, "canvas": output canvas in RAM}``."""
+        """Bytes: ``{"tile": peak working memory of the model per batch, "canvas": the output rows it
+        holds (rows of tiles in flight for streaming stages; the whole output for the others)}``."""
         oh, ow = self.output_size(height, width)
-        return {"tile": 0, "canvas": oh * ow * (channels * 8 + 8)}
+        return {"tile": 0, "canvas": 2 * oh * ow * channels * 4}
+
+    def least_tile(self) -> int:
+        """The smallest tile (output pixels) the planner may choose for this stage."""
+        return 64
 
     def describe(self) -> str:
         """One line for `tiledsr plan`."""
@@ -116,7 +125,48 @@ class Stage:
     def load(self) -> None:
         """Load models (no-op for model-free stages). Called once before the first run."""
 
-    def run(self, data: Any, report: TileReport, source: np.ndarray | None = None) -> Any:
+    def run(self, data: Any, report: TileReport, source: Any = None) -> Any:
         """(H, W, C) float32 in [0, 1] on the CPU (or Latents, per ``consumes``) -> the same
-        (per ``produces``). ``source`` is the pipeline's input image, for stages that need it."""
-        raise NotImplementedError
+        (per ``produces``). ``source`` is the pipeline's input image (an array or a store), for
+        stages that need it. Stages that override :meth:`stream` get this for free."""
+        if type(self).stream is Stage.stream:
+            raise NotImplementedError
+        from ..tiling.store import ArrayStore, collect
+
+        return collect(self.stream(ArrayStore(data), report, source))
+
+    def stream(self, src: Any, report: TileReport, source: Any = None, start: int = 0) -> Iterator[np.ndarray]:
+        """Pixel stages: the output of the store ``src`` (H, W, C) float32 in [0, 1], as
+        consecutive float32 row bands (h, W', C) in [0, 1] from output row ``start`` on, each
+        handed on as soon as it is final. ``source``: the pipeline's input as a store, or None.
+
+        The default runs :meth:`run` on the whole image; streaming stages override this."""
+        out = self.run(src.read(0, src.shape[0]), report, _whole(source))
+        yield out[start:]
+
+
+def _whole(source: Any) -> Any:
+    """The pipeline's input as an array (stores are read whole), or None."""
+    if source is None or isinstance(source, np.ndarray):
+        return source
+    return source.read(0, source.shape[0])
+
+
+class StageReport:
+    """The per-tile progress callable a stage gets, plus :meth:`note` for one-line events
+    (an out-of-memory back-off)."""
+
+    def __init__(self, tile: TileReport, note: Callable[[str], None] | None = None):
+        self._tile, self._note = tile, note
+
+    def __call__(self, *args) -> None:
+        self._tile(*args)
+
+    def note(self, message: str) -> None:
+        if self._note is not None:
+            self._note(message)
+
+
+def note_of(report: Any) -> Callable[[str], None] | None:
+    """The ``note`` of a stage's report, when it has one."""
+    return getattr(report, "note", None)

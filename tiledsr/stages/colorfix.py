@@ -30,12 +30,26 @@ class ColorfixStage(Stage):
     def grid(self, height: int, width: int):
         return None
 
+    def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
+        from ..memory import band_bytes
+
+        return {"tile": 0, "canvas": 10 * band_bytes(width, channels, height)}
+
     def describe(self) -> str:
         return f"colorfix ({self.config.method})"
 
-    def run(self, image: np.ndarray, report, source: np.ndarray | None = None) -> np.ndarray:
-        from ..colorfix import colorfix
+    def stream(self, src, report, source=None, start: int = 0):
+        """Band by band against the pipeline's input (a store); unchanged without one."""
+        from ..colorfix import colorfix_bands
+        from ..resample import band_rows
 
-        out = image if source is None else colorfix(image, source, self.config.method)
-        report(1, 1)
-        return out
+        h, w, c = src.shape
+        rows = band_rows(w, c)
+        total = -(-(h - start) // rows)
+        if source is None:
+            bands = (src.read(y, min(h, y + rows)) for y in range(start, h, rows))
+        else:
+            bands = colorfix_bands(src, source, self.config.method, start=start, rows=rows)
+        for i, band in enumerate(bands, 1):
+            report(i, total)
+            yield band

@@ -90,7 +90,7 @@ class DiffusionStage(Stage):
         # Rough: UNet activations ~ 400 KB per latent pixel of a tile batch at fp32 (SD-size UNet).
         per_pixel = 400 * 1024 // self.factor**2
         unet = per_pixel * g.tile_h * g.tile_w * self.tiling.batch
-        return {"tile": max(unet, self.vae_memory(oh, ow)), "canvas": oh * ow * (channels * 8 + 8)}
+        return {"tile": max(unet, self.vae_memory(oh, ow)), "canvas": 3 * oh * ow * channels * 4}
 
     def vae_memory(self, height: int, width: int) -> int:
         """Bytes the tiled VAE holds to decode (or encode) a ``height`` x ``width`` image at this stage's

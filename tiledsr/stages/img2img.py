@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from ..tiling import run_tiled
+from .base import note_of
 from .diffusion import DiffusionConfig, DiffusionStage, Scheduler
 
 __all__ = ["Img2ImgConfig", "Img2ImgStage"]
@@ -54,7 +55,7 @@ class Img2ImgStage(DiffusionStage):
         c = self.config
         return f"img2img {c.model} ({c.mode}, strength {c.strength:g}, {c.steps} steps, guidance {c.guidance:g})"
 
-    def _denoise(self, init, seed: int, progress=None, whole: bool = False):
+    def _denoise(self, init, seed: int, progress=None, whole: bool = False, checkpoint=None, on_backoff=None):
         from ..diffusion.img2img import img2img_latents
 
         c, comp = self.config, self.components
@@ -62,11 +63,19 @@ class Img2ImgStage(DiffusionStage):
         if whole:  # one tile covering this (already tiled) canvas
             tiling["tile"] = max(init.shape[-2:])
         return img2img_latents(comp.unet, self.scheduler(), init.to(comp.device), self.embeds, steps=c.steps,
-                               strength=c.strength, guidance=c.guidance, seed=seed, progress=progress, **tiling)
+                               strength=c.strength, guidance=c.guidance, seed=seed, progress=progress,
+                               checkpoint=checkpoint, on_backoff=on_backoff, **tiling)
 
-    def run(self, data, report, source=None):
-        if self.config.mode == "fused":
-            return data.scaled(self._denoise(data.tensor, self.seed, self.step_report(report)), 1)
+    def run(self, data, report, source=None, checkpoint=None):
+        """Fused: Latents -> Latents (``checkpoint``: a StepState kept after every step); independent:
+        pixels -> pixels."""
+        if self.config.mode == "fused":  # latents under 2 x the UNet's multiple: reflect-padded, then cropped
+            from ..diffusion.latent_upscale import pad_latents
+
+            x, (h, w) = pad_latents(data.tensor, 2 * self.unet_multiple)
+            out = self._denoise(x, self.seed, self.step_report(report), checkpoint=checkpoint,
+                                on_backoff=note_of(report))
+            return data.scaled(out[..., :h, :w].contiguous(), 1)
         return self._independent(data, report)
 
     def _independent(self, image: np.ndarray, report) -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from ..resample import resize
+from ..resample import band_rows, resize_bands
 from .base import Stage, TileReport
 
 __all__ = ["MAX_SIDE", "ResizeConfig", "ResizeStage"]
@@ -50,7 +50,7 @@ def target_size(height: int, width: int, scale: float | None, tw: int | None, th
 
 
 class ResizeStage(Stage):
-    """Whole-image classical resampling (cheap; not tiled)."""
+    """Classical resampling, band by band (cheap; not tiled)."""
 
     type = "resize"
     Config = ResizeConfig
@@ -62,12 +62,25 @@ class ResizeStage(Stage):
     def grid(self, height: int, width: int):
         return None
 
+    def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
+        from ..memory import band_bytes
+
+        oh, ow = self.output_size(height, width)
+        band = band_bytes(ow, channels, oh)
+        rows_in = band * height // max(oh, 1) * width // max(ow, 1) + 8 * width * channels * 4
+        return {"tile": 0, "canvas": 4 * band + 2 * rows_in}
+
     def describe(self) -> str:
         c = self.config
         what = f"x{c.scale:g}" if c.scale is not None else f"to {c.width or 'auto'}x{c.height or 'auto'}"
         return f"resize {what} ({c.method})"
 
-    def run(self, image: np.ndarray, report: TileReport, source: np.ndarray | None = None) -> np.ndarray:
-        out = resize(image, self.output_size(*image.shape[:2]), self.config.method)
-        report(1, 1)
-        return np.clip(out, 0.0, 1.0, out=out)
+    def stream(self, src, report: TileReport, source=None, start: int = 0):
+        """Band by band: each output band reads only the input rows its kernels reach."""
+        h, w, c = src.shape
+        oh, ow = self.output_size(h, w)
+        rows = band_rows(ow, c)
+        bands = -(-(oh - start) // rows)
+        for i, band in enumerate(resize_bands(src, (oh, ow), self.config.method, rows, start), 1):
+            report(i, bands)
+            yield np.clip(band, 0.0, 1.0, out=band)

@@ -14,9 +14,11 @@ from typing import Literal, Optional
 import numpy as np
 
 from ..errors import ModelNotAvailable
-from ..resample import resize
-from ..tiling import TileGrid, output_grid, run_tiled
-from .base import Stage, StageTiling, TileReport
+from ..resample import band_rows, first_input_row, resize_bands
+from ..tiling import TileGrid, output_grid
+from ..tiling.run import tiled_bands
+from ..tiling.store import MappedStore, StreamStore, aligned
+from .base import Stage, StageReport, StageTiling, TileReport, note_of
 
 __all__ = ["SRConfig", "SRStage"]
 
@@ -28,6 +30,7 @@ _BYTES_PER_OUTPUT_PIXEL = {
     ("srvgg", "ncnn"): 190, ("srvgg", "torch"): 50,
 }
 
+_WEIGHT_BYTES = {"rrdbnet": 140 << 20, "srvgg": 8 << 20}  # weights as loaded (fp32 and the backend's copies)
 MIN_TILE_INPUT = 16  # input pixels a tile must span at least: smaller tiles are mostly context
 
 
@@ -88,13 +91,25 @@ class SRStage(Stage):
         return len(self.grid(height, width)) * win_h * win_w / (height * width)
 
     def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
-        s = self.model.scale
+        """The model's weights and activations for a batch of windows, and the rows of tiles in flight."""
+        from ..memory import band_bytes
+
+        s, t = self.model.scale, self.tiling
         win_h, win_w = self._window(height, width)
-        arch = self.model.arch if self.model.arch in ("rrdbnet", "srvgg") else "rrdbnet"
-        per_pixel = _BYTES_PER_OUTPUT_PIXEL[arch, self._likely_backend()]
-        tile = self.tiling.batch * win_h * win_w * s * s * per_pixel
-        oh, ow = self._net_size(height, width)
-        return {"tile": tile, "canvas": oh * ow * (channels * 8 + 8)}
+        arch = self.model.arch if self.model.arch in _WEIGHT_BYTES else "rrdbnet"
+        out_px = win_h * win_w * s * s
+        model = _WEIGHT_BYTES[arch] + t.batch * out_px * (_BYTES_PER_OUTPUT_PIXEL[arch, self._likely_backend()]
+                                                           + 3 * 3 * 4)
+        g = self.grid(height, width)
+        oh, ow = self.output_size(height, width)
+        net_w = width * s
+        canvas = g.tile_h * net_w * (3 * 8 + 4) + 3 * band_bytes(ow, channels, oh)
+        if channels in (2, 4) and self.config.alpha == "sr":
+            canvas += g.tile_h * net_w * (3 * 8 + 4)
+        return {"tile": model, "canvas": canvas}
+
+    def least_tile(self) -> int:
+        return MIN_TILE_INPUT * self.model.scale
 
     def _likely_backend(self) -> str:
         """The backend ``load()`` will pick, guessed without loading (for memory estimates)."""
@@ -146,34 +161,45 @@ class SRStage(Stage):
         nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
         return self._runner(nchw).transpose(0, 2, 3, 1)
 
-    def _tiled(self, rgb: np.ndarray, report: TileReport) -> np.ndarray:
+    def _tiled(self, planes, report, start: int):
+        """Net output bands of 1 or 3 planes (a store (H, W, c)) from row ``start``; grey goes through as RGB."""
         t = self.tiling
-        return run_tiled(
-            rgb, self._network, scale=self.model.scale, tile=t.tile, overlap=t.overlap,
-            context=self.context, multiple=self.model.size_multiple, blend=t.blend, batch=t.batch,
-            on_tile=report, scratch_dir=self.runtime.scratch_dir,
+        grey = planes.shape[2] == 1
+        rgb = MappedStore(planes, lambda a: np.repeat(a, 3, axis=2), 3) if grey else planes
+        bands = tiled_bands(
+            rgb, self._network, scale=self.model.scale, tile=t.tile, overlap=t.overlap, context=self.context,
+            multiple=self.model.size_multiple, blend=t.blend, batch=t.batch, on_tile=report, start=start,
+            min_tile=MIN_TILE_INPUT * self.model.scale, on_backoff=note_of(report),
         )
+        return (b.mean(axis=2, keepdims=True) for b in bands) if grey else bands
 
-    def _through_net(self, planes: np.ndarray, report: TileReport) -> np.ndarray:
-        """1 or 3 planes (H, W, c) -> (H*s, W*s, c); greyscale goes through as RGB."""
-        if planes.shape[2] == 1:
-            rgb = self._tiled(np.repeat(planes, 3, axis=2), report)
-            return rgb.mean(axis=2, keepdims=True)
-        return self._tiled(planes, report)
-
-    def run(self, image: np.ndarray, report: TileReport, source: np.ndarray | None = None) -> np.ndarray:
+    def stream(self, src, report: TileReport, source=None, start: int = 0):
         if not hasattr(self, "_runner"):
             self.load()
-        h, w, c = image.shape
-        colour, alpha = (image[:, :, :-1], image[:, :, -1:]) if c in (2, 4) else (image, None)
+        h, w, c = src.shape
+        net_h, net_w = self._net_size(h, w)
+        out_h, out_w = self.output_size(h, w)
+        rows = band_rows(out_w, c)
+        first = first_input_row(start, net_h, out_h, "lanczos", rows) if (out_h, out_w) != (net_h, net_w) else start
+        has_alpha = c in (2, 4)
+        colour = MappedStore(src, lambda a: a[:, :, :c - 1], c - 1) if has_alpha else src
         n = len(self.grid(h, w))
-        passes = 2 if alpha is not None and self.config.alpha == "sr" else 1
-        out = self._through_net(colour, lambda d, _: report(d, n * passes))
-        if alpha is not None:
-            if self.config.alpha == "sr":
-                a = self._through_net(alpha, lambda d, _: report(n + d, 2 * n))
-            else:
-                a = resize(alpha, out.shape[:2], "lanczos")
-            out = np.concatenate([out, a], axis=2)
-        out = resize(out, self.output_size(h, w), "lanczos")
-        return np.clip(out, 0.0, 1.0, out=out)
+        counts = [0, 0]
+
+        def counter(k: int, passes: int):
+            def tick(done, _total):
+                counts[k] = done
+                report(sum(counts), n * passes)
+            return StageReport(tick, note_of(report))
+
+        passes = 2 if has_alpha and self.config.alpha == "sr" else 1
+        streams = [self._tiled(colour, counter(0, passes), first)]
+        if has_alpha:
+            alpha = MappedStore(src, lambda a: a[:, :, -1:], 1)
+            streams.append(self._tiled(alpha, counter(1, 2), first) if passes == 2
+                           else resize_bands(alpha, (net_h, net_w), "lanczos", start=first))
+        net = aligned(*streams) if len(streams) > 1 else streams[0]
+        if (out_h, out_w) != (net_h, net_w):
+            net = resize_bands(StreamStore(net, (net_h, net_w, c), first), (out_h, out_w), "lanczos", rows, start)
+        for band in net:
+            yield np.clip(band, 0.0, 1.0, out=band)

@@ -1,6 +1,8 @@
-"""Run a per-tile function over an image and blend the results into a canvas.
+"""Run a per-tile function over an image and blend the results, handing on rows as they are final.
 
-Tiles are laid out in *output* pixels. Each output tile is computed from an
+Tiles are laid out in *output* pixels and processed in row-major order, so only one row of
+tiles is held (:class:`~tiledsr.tiling.bands.BandCanvas`); the input is read by window from a
+store (:mod:`~tiledsr.tiling.store`). Each output tile is computed from an
 input window that adds ``context`` input pixels on every side where the image
 has them; windows are shifted inwards at the image border rather than padded,
 so every window has the same size (batchable) and sees exactly what the
@@ -8,15 +10,17 @@ untiled run would see, up to the context.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import OutOfMemory, as_out_of_memory
+from .bands import BandCanvas
 from .blend import tile_weights
-from .canvas import Canvas
 from .grid import TileGrid, make_grid
+from .store import ArrayStore, collect
 
-__all__ = ["output_grid", "run_tiled", "window"]
+__all__ = ["output_grid", "run_tiled", "tiled_bands", "window"]
 
 TileFn = Callable[[np.ndarray], np.ndarray]
 
@@ -51,13 +55,17 @@ def _pad_to_multiple(batch: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(batch, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
 
 
-def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def run_tiled(image: np.ndarray, fn: TileFn, **kwargs) -> np.ndarray:
+    """Apply ``fn`` tile by tile and blend: (H, W, C) float32 -> (H*scale, W*scale, C_out) float32.
+
+    The whole-array form of :func:`tiled_bands` (same keywords).
+    """
+    kwargs.pop("scratch_dir", None)
+    return collect(tiled_bands(ArrayStore(image), fn, **kwargs))
 
 
-def run_tiled(
-    image: np.ndarray,
+def tiled_bands(
+    src,
     fn: TileFn,
     *,
     scale: int,
@@ -69,42 +77,99 @@ def run_tiled(
     batch: int = 1,
     order: Sequence[int] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
-    scratch_dir: str | None = None,
     keyed: bool = False,
-) -> np.ndarray:
-    """Apply ``fn`` tile by tile and blend: (H, W, C) float32 -> (H*scale, W*scale, C_out) float32.
+    start: int = 0,
+    min_tile: int | None = None,
+    on_backoff: Callable[[str], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """Apply ``fn`` tile by tile to the store ``src`` (H, W, C) and yield the blended output
+    (H*scale, W*scale, C_out) as consecutive float32 row bands, each as soon as it is final.
 
     ``fn`` maps a batch (N, h, w, C) to (N, h*scale, w*scale, C_out), on any
     device it likes; ``tile`` and ``overlap`` are in output pixels (rounded
     down to multiples of ``scale``); ``multiple`` is the size multiple the
     function needs on its input. ``order`` permutes the tile processing order
-    (the result does not depend on it); ``on_tile(done, total)`` reports progress.
-    ``keyed=True`` calls ``fn(batch, starts)`` with each window's (y, x) input start, for
-    functions whose randomness is keyed to canvas position.
+    (the result does not depend on it; row-major keeps the fewest rows in flight);
+    ``on_tile(done, total)`` reports progress. ``keyed=True`` calls ``fn(batch, starts)``
+    with each window's (y, x) input start, for functions whose randomness is keyed to canvas
+    position. ``start``: output rows before it are not produced (an earlier run handed them on).
+
+    Out of memory in ``fn`` (any backend's form): the batch is halved, then the tile (not
+    below ``min_tile``, default ``8 * scale``), and only the rows not yet handed on are
+    redone; ``on_backoff(message)`` says so. At the smallest tile it raises OutOfMemory.
     """
-    h, w, _ = image.shape
-    grid = output_grid(h, w, scale, tile, overlap)
-    tiles = grid.tiles
-    if len(tiles) == 1:  # one tile is the whole image: no window, no blending
-        batch1 = _pad_to_multiple(image[None], multiple)
-        out = (fn(batch1, [(0, 0)]) if keyed else fn(batch1))[0, :h * scale, :w * scale]
-        if on_tile is not None:
-            on_tile(1, 1)
-        return np.ascontiguousarray(out, dtype=np.float32)
-    todo = [tiles[i] for i in order] if order is not None else list(tiles)
-    canvas: Canvas | None = None
-    done = 0
-    for group in _batches(todo, max(1, batch)):
-        wins = [(window(t.y, t.h, scale, context, h), window(t.x, t.w, scale, context, w)) for t in group]
-        crops = np.stack([image[y0:y0 + yh, x0:x0 + xw] for (y0, yh, _), (x0, xw, _) in wins])
-        padded = _pad_to_multiple(crops, multiple)
-        out = fn(padded, [(y0, x0) for (y0, _, _), (x0, _, _) in wins]) if keyed else fn(padded)
-        if canvas is None:
-            canvas = Canvas(h * scale, w * scale, out.shape[-1], scratch_dir)
-        for t, ((_, _, oy), (_, _, ox)), o in zip(group, wins, out):
-            canvas.add(t.y, t.x, o[oy:oy + t.h, ox:ox + t.w], tile_weights(grid, t, blend))
-        done += len(group)
-        if on_tile is not None:
-            on_tile(done, len(tiles))
-    assert canvas is not None
-    return canvas.result()
+    h, w, _ = src.shape
+    least = max(scale, min_tile or 8 * scale)
+    while True:
+        grid = output_grid(h, w, scale, tile, overlap)
+        if len(grid) == 1 and start == 0:
+            try:
+                whole = _whole(src, fn, scale, multiple, keyed, on_tile)
+            except (MemoryError, RuntimeError, OutOfMemory) as exc:
+                new_tile, batch = _smaller(exc, grid, 1, least, on_backoff, "the whole image")
+                overlap, tile = overlap * new_tile // max(grid.tile_h, grid.tile_w), new_tile
+                continue
+            yield whole
+            return
+        tiles = [grid.tiles[i] for i in order] if order is not None else list(grid.tiles)
+        todo = [t for t in tiles if t.y + t.h > start]
+        canvas: BandCanvas | None = None
+        i, restart = 0, False
+        while i < len(todo):
+            group = todo[i:i + max(1, batch)]
+            wins = [(window(t.y, t.h, scale, context, h), window(t.x, t.w, scale, context, w)) for t in group]
+            try:
+                out = _call(src, fn, wins, multiple, keyed)
+            except (MemoryError, RuntimeError, OutOfMemory) as exc:
+                new_tile, new_batch = _smaller(exc, grid, batch, least, on_backoff, f"{len(group)} tile(s)")
+                if new_batch < batch:
+                    batch = new_batch
+                    continue
+                overlap = overlap * new_tile // max(grid.tile_h, grid.tile_w)
+                tile, order, restart = new_tile, None, True
+                start = canvas.emitted if canvas is not None else start
+                break
+            if canvas is None:
+                canvas = BandCanvas(grid, out.shape[-1], start)
+            for t, ((_, _, oy), (_, _, ox)), o in zip(group, wins, out):
+                yield from canvas.add(t, o[oy:oy + t.h, ox:ox + t.w], tile_weights(grid, t, blend))
+            i += len(group)
+            if on_tile is not None:
+                on_tile(i, len(todo))
+        if not restart:
+            return
+
+
+def _whole(src, fn: TileFn, scale: int, multiple: int, keyed: bool, on_tile) -> np.ndarray:
+    """One tile is the whole image: no window, no blending (exactly the untiled result)."""
+    h, w, _ = src.shape
+    batch1 = _pad_to_multiple(src.read(0, h)[None], multiple)
+    out = (fn(batch1, [(0, 0)]) if keyed else fn(batch1))[0, :h * scale, :w * scale]
+    if on_tile is not None:
+        on_tile(1, 1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _call(src, fn: TileFn, wins, multiple: int, keyed: bool) -> np.ndarray:
+    crops = np.stack([src.read(y0, y0 + yh, x0, x0 + xw) for (y0, yh, _), (x0, xw, _) in wins])
+    padded = _pad_to_multiple(crops, multiple)
+    return fn(padded, [(y0, x0) for (y0, _, _), (x0, _, _) in wins]) if keyed else fn(padded)
+
+
+def _smaller(exc: BaseException, grid: TileGrid, batch: int, least: int, on_backoff, what: str) -> tuple[int, int]:
+    """After an allocation failure: (tile, batch) to go on with; OutOfMemory when nothing is smaller."""
+    if as_out_of_memory(exc, what) is None:
+        raise exc
+    side = max(grid.tile_h, grid.tile_w)
+    if batch > 1:
+        if on_backoff is not None:
+            on_backoff(f"out of memory with a batch of {batch} tiles; going on with {batch // 2}")
+        return side, batch // 2
+    if side <= least:
+        first = str(exc).split(";")[0] if isinstance(exc, OutOfMemory) else f"out of memory in {what}"
+        raise OutOfMemory(f"{first}, even at the smallest useful tile ({side} output px); free memory or use a "
+                          "smaller model") from exc
+    smaller = max(least, side // 2)
+    if on_backoff is not None:
+        on_backoff(f"out of memory with {side} px tiles; going on with {smaller} px tiles")
+    return smaller, 1
