@@ -7,8 +7,8 @@ from tiledsr.resample import resize, resize_bands
 from tiledsr.tiling import Canvas, run_tiled, tile_weights, window
 from tiledsr.tiling.bands import BandCanvas
 from tiledsr.tiling.run import output_grid, tiled_bands
-from tiledsr.tiling.store import (ArrayStore, FileStore, StreamStore, aligned, collect, new_store, quantize,
-                                  rebanded)
+from tiledsr.io.write import quantize
+from tiledsr.tiling.store import ArrayStore, FileStore, StreamStore, aligned, collect, new_store, rebanded
 
 RNG = np.random.default_rng(7)
 

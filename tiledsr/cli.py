@@ -397,7 +397,8 @@ def cmd_plan(args) -> int:
     if not _generates(pipe) and args.input is None:
         raise InputError("plan needs an INPUT image for this preset")
     info = tio.probe(args.input, max_pixels) if args.input is not None else None
-    plan = pipe.plan((info.width, info.height), info.channels) if info else pipe.plan((0, 0), 3)
+    on_disk = args.input not in (None, "-")  # upscale to a file keeps every stage's output in its work directory
+    plan = pipe.plan((info.width, info.height), info.channels, on_disk) if info else pipe.plan((0, 0), 3)
     if args.preview:
         if info is None:
             raise InputError("--preview draws the tiles over the input; this preset has no input image")

@@ -24,7 +24,7 @@ def band_bytes(width: int, channels: int, height: int | None = None) -> int:
 
 def writer_bytes(width: int, channels: int, height: int | None = None) -> int:
     """The writer's share: a band regrouped, quantised and compressed (TIFF: 512-row bands)."""
-    return max(band_bytes(width, channels, height), min(512, height or 512) * width * channels * 4) * 2
+    return max(band_bytes(width, channels, height), min(512, height or 512) * width * channels * 4)
 
 
 def fit_tile(estimate, tile: int, overlap: int, least: int, budget: int, step: int = 16) -> tuple[int, int] | None:

@@ -223,17 +223,18 @@ class Pipeline:
         """The DPI the print size asks to write, or None."""
         return None if self.print_size is None else self._print_target(1, 1).dpi
 
-    def plan(self, size: tuple[int, int], channels: int = 3) -> Plan:
+    def plan(self, size: tuple[int, int], channels: int = 3, on_disk: bool = False) -> Plan:
         """Plan for an input of ``size = (width, height)``: sizes, grids, memory. Loads no model.
 
         Each tiled stage gets the largest tile (up to its preset's) and batch whose estimated
         peak fits the memory budget, unless the tile was given explicitly; the stages keep it
-        for the run that follows."""
+        for the run that follows. ``on_disk``: the stages' outputs go to a work directory
+        (a run to a file), never to RAM."""
         from .memory import BASE_BYTES, writer_bytes
 
         w, h = size
         budget = self.memory_budget()
-        in_ram = budget // 4
+        in_ram = 0 if on_disk else budget // 4
         chain = self._chain(h, w)
         source = 4 * h * w * channels
         held_in = 0  # the previous stage's output, when it is kept in RAM
@@ -252,6 +253,7 @@ class Pipeline:
             last = i == len(chain) - 1
             out_bytes = 4 * oh * ow * channels
             held_out = 0 if last or out_bytes > in_ram else out_bytes
+            # (whole-image stages hold their output however it is kept: see their canvas estimate)
             other = BASE_BYTES + source + held_in + held_out + (writer_bytes(ow, channels, oh) if last else 0)
             self._fit(st, h, w, channels, budget - other)
             mem = st.memory_estimate(h, w, channels)
@@ -344,7 +346,7 @@ class Pipeline:
         store = ArrayStore(image) if isinstance(image, np.ndarray) else image
         shape = self.output_shape(store.shape if store is not None else None)
         h, w, c = store.shape if store is not None else (0, 0, 3)
-        self.plan((w, h), c)  # tiles and batches fitted to the budget
+        self.plan((w, h), c, on_disk=work is not None)  # tiles and batches fitted to the budget
         chain = self._chain(h, w)
         return shape, self._bands(store, chain, progress, work)
 
@@ -558,7 +560,7 @@ def _array(source):
 def work_bands(work, i: int, shape, bands: Iterator[np.ndarray], start: int) -> Iterator[np.ndarray]:
     """The final output as uint8/uint16 bands at ``work.depth``: rows kept by an earlier run first,
     then ``bands`` (float, from row ``start``), each quantised and kept before it is handed on."""
-    from .tiling.store import quantize
+    from .io.write import quantize
 
     store = work.store(i, shape, final=True)
     step = max(1, (32 << 20) // max(1, shape[1] * shape[2] * 2))

@@ -28,7 +28,7 @@ from .files import _atomic_write, _encode_errors, _write_stdout
 from .meta import (PNG_DPI, SOFTWARE, exif_bytes, load_exif, normalize_exif, quiet_libraries,
                    quoted, tiff_append_exif_ifds, tiff_text_tags)
 
-__all__ = ["software_name", "write_bands", "write_image"]
+__all__ = ["quantize", "software_name", "write_bands", "write_image"]
 
 BIGTIFF_BYTES = 2**32 - 2**25  # TIFFs with more pixel bytes than this are written as BigTIFF
 TILED_TIFF_PIXELS = 2**24  # TIFFs with more pixels than this are written in tiles
@@ -283,6 +283,12 @@ def _quantize(image: np.ndarray, depth: int, start: int = 0, stop: int | None = 
     block *= np.float32(255 if depth == 8 else 65535)
     np.rint(block, out=block)
     return block.astype(np.uint8 if depth == 8 else np.uint16)
+
+
+def quantize(band: np.ndarray, depth: int) -> np.ndarray:
+    """Float rows (h, W, C) in [0, 1] as the uint8/uint16 values the writers store (integer rows as
+    :func:`_as_depth` makes them): what a work directory keeps of the final output."""
+    return _as_depth(np.asarray(band), depth)
 
 
 def _as_depth(band: np.ndarray, depth: int) -> np.ndarray:

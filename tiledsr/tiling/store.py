@@ -16,8 +16,9 @@ from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-__all__ = ["ArrayStore", "Bands", "FileStore", "Store", "MappedStore", "RowsStore", "StreamStore", "aligned", "collect", "fill", "new_store",
-           "quantize", "rebanded"]
+__all__ = ["ArrayStore", "Bands", "FileStore", "MappedStore", "RowsStore", "Store", "StreamStore", "aligned", "collect",
+           "fill", "new_store",
+           "rebanded"]
 
 Bands = Iterator[np.ndarray]
 
@@ -223,17 +224,6 @@ class MappedStore:
 
     def read(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
         return self.fn(self.src.read(y0, y1, x0, x1))
-
-
-def quantize(band: np.ndarray, depth: int) -> np.ndarray:
-    """Float rows in [0, 1] as uint8/uint16 (NaN to 0, clipped, scaled, rounded); integer rows as they are."""
-    if band.dtype.kind in "ui":
-        return band
-    block = np.nan_to_num(np.asarray(band, dtype=np.float32))
-    np.clip(block, 0, 1, out=block)
-    block *= np.float32(255 if depth == 8 else 65535)
-    np.rint(block, out=block)
-    return block.astype(np.uint8 if depth == 8 else np.uint16)
 
 
 class RowsStore:
