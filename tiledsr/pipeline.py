@@ -388,6 +388,9 @@ class Pipeline:
                     fill(out, bands, start, (lambda r, i=i, out=out: work.advance(i, out, r)) if work else None)
                     if work is not None:
                         work.finish(i, out, shape[0])
+                    if data in temps:  # the previous intermediate is read no more
+                        temps.remove(data)
+                        data.close()
                 else:
                     size = _size_of(data)
                     grid = st.grid(*size) if size is not None else None
