@@ -24,7 +24,11 @@ from .stages import StageTiling, Tiling, stage_class
 
 __all__ = ["Preset", "StageSpec", "load_preset", "preset_names", "preset_to_yaml"]
 
-PRESET_DIR = Path(__file__).parent / "presets"
+# The bundled presets: the top-level ``presets/`` folder of the source tree, which users can read
+# and copy; ``tiledsr/presets`` links to it and wheels carry its files there. A checkout without
+# symbolic links (the link is then a small text file) finds the folder beside the package.
+PRESET_DIR = next((d for d in (Path(__file__).parent / "presets", Path(__file__).parent.parent / "presets")
+                   if d.is_dir()), Path(__file__).parent / "presets")
 DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:\d{1,3})?)\Z")
 TYPE_RE = re.compile(r"[^\x00-\x20\x7f-\x9f]{1,64}\Z")  # a stage type name: printable, no spaces, short
 MAX_STAGES = 64
