@@ -10,15 +10,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Pipeline", "Plan", "ProgressEvent", "Target", "TiledsrError", "upscale"]
+__all__ = ["Cancelled", "InputError", "ModelNotAvailable", "OutOfMemory", "Pipeline", "Plan", "PresetError",
+           "ProgressEvent", "Target", "TiledsrError", "upscale"]
 __version__ = "0.1.0"
 
-_WHERE = {"Pipeline": "pipeline", "Plan": "pipeline", "ProgressEvent": "progress", "Target": "pipeline",
-          "TiledsrError": "errors", "upscale": "api"}
+_WHERE = {"Cancelled": "errors", "InputError": "errors", "ModelNotAvailable": "errors", "OutOfMemory": "errors",
+          "Pipeline": "pipeline", "Plan": "pipeline", "PresetError": "errors", "ProgressEvent": "progress",
+          "Target": "pipeline", "TiledsrError": "errors", "upscale": "api"}
 
 if TYPE_CHECKING:
     from .api import upscale
-    from .errors import TiledsrError
+    from .errors import Cancelled, InputError, ModelNotAvailable, OutOfMemory, PresetError, TiledsrError
     from .pipeline import Pipeline, Plan, Target
     from .progress import ProgressEvent
 

@@ -99,7 +99,8 @@ def check_unfinished(folder: Path, key: str, *, resume: bool, restart: bool, out
     if Path(folder).exists() and not (resume or restart):
         done = WorkDir(folder, key, 0, 8)._load(Path(folder) / "progress.json")
         raise InputError(f"found the unfinished work of an earlier run for {show(output)} in {show(str(folder))} "
-                         f"({done}); pass --resume to continue it or --restart to start afresh")
+                         f"({done}); pass --resume (Python: resume=True) to continue it or --restart "
+                         "(restart=True) to start afresh")
 
 
 class WorkDir:

@@ -45,6 +45,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 86400:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to 86400, got {text[:40]!r}")
+    return v
+
+
 def _int_in(low: int, high: int):
     def parse(text: str) -> int:
         try:
@@ -145,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true", help="continue the unfinished work of an interrupted run")
     again.add_argument("--restart", action="store_true",
                        help="discard the unfinished work of an earlier run and start afresh")
+    up.add_argument("--compare", metavar="CMP.png",
+                    help="also write side-by-side crops (input enlarged with Lanczos | output) at the most detailed "
+                    "regions (one input)")
+    up.add_argument("--preview", metavar="PREVIEW.jpg",
+                    help="keep a small JPEG of the finished part of the output here while the run goes on "
+                    "(a 'preview' event names it; for host applications)")
+    up.add_argument("--preview-every", type=_seconds, default=2.0, metavar="SECONDS",
+                    help="rewrite --preview at most this often (default 2)")
+    up.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local (default), or ray: a batch runs one task per image, one image spreads its tiles")
+    up.add_argument("--address", metavar="ADDR",
+                    help="with --engine ray: the cluster to join (default: start a local Ray for this run)")
 
     pl = sub.add_parser("plan", help="show sizes, tiles and memory for a run; loads no model")
     pl.add_argument("input", metavar="INPUT", nargs="?", help="image (none when the preset starts with txt2img)")
@@ -280,24 +302,63 @@ def cmd_upscale(args, console: Console) -> int:
         return _generate(args, pipe, console)
     if not args.inputs:
         raise InputError("upscale needs at least one INPUT image, folder or - (see tiledsr upscale --help)")
+    if args.address is not None and args.engine != "ray":
+        raise InputError("--address names a Ray cluster; give it with --engine ray")
     max_pixels = args.max_pixels or tio.DEFAULT_MAX_PIXELS
     batch = plan_jobs(pipe, args.inputs, output=args.output, out_dir=args.out_dir, format=args.format,
                       overwrite=args.overwrite, max_pixels=max_pixels, work=_work_options(args))
+    _check_extras(args, batch.jobs)
     for line in batch.warnings:
         console.warn(line)
-    # 2. Load the models, then run and write each image, streamed from the last stage to the file.
     if args.progress == "bar":
         console.use_bar()
-    console.interruptible(pipe.load)
-    for job in batch.jobs:
-        console.emit("start", input=job.src, output=job.dst)
-        for line in job.notes:
-            console.warn(f"{job.src}: {line}")
-        notes, info = _upscale_one(pipe, console, job, max_pixels, args)
-        for note in (*info.notes, *notes):
-            console.warn(f"{job.src}: {note}")
-        console.emit("done", input=job.src, output=job.dst)
+    # 2. Run and write each image, streamed from the last stage to the file (on Ray: spread out).
+    if args.engine == "ray":
+        from .distributed import run_batch
+
+        run_batch(pipe, batch.jobs, console, args)
+    else:
+        console.interruptible(pipe.load)
+        for job in batch.jobs:
+            run_job(pipe, console, job, max_pixels, args)
+    # 3. The picture to compare, from the files written.
+    if args.compare:
+        from .compare import write_compare
+
+        job = batch.jobs[0]
+        console.interruptible(lambda: write_compare(job.src, job.dst, args.compare, overwrite=args.overwrite,
+                                                    max_pixels=max_pixels, label=f"tiledsr {pipe.preset.name}"))
     return 0
+
+
+def run_job(pipe, console: Console, job, max_pixels: int, args) -> None:
+    """One image of a batch through :func:`tiledsr.job.run_job`, rendered by ``console``."""
+    from .job import run_job as run
+
+    run(pipe, job, _run_options(args, max_pixels), console.emit, console.warn, console.interruptible,
+        lambda flag: setattr(console, "resumable", flag))
+
+
+def _run_options(args, max_pixels: int):
+    from .job import RunOptions
+
+    return RunOptions(overwrite=args.overwrite, resume=args.resume, restart=args.restart, preview=args.preview,
+                      preview_every=args.preview_every, max_pixels=max_pixels)
+
+
+def _check_extras(args, jobs) -> None:
+    """``--compare`` and ``--preview`` paths, checked before any work (exit 2)."""
+    from .livepreview import check_preview_path
+
+    ins, outs = [j.src for j in jobs if j.src != "-"], [j.dst for j in jobs if j.dst != "-"]
+    if args.compare:
+        from .compare import check_compare_path
+
+        if len(jobs) != 1 or jobs[0].src == "-" or jobs[0].dst == "-":
+            raise InputError("--compare needs one input file and one output file (not - and not a batch)")
+        check_compare_path(args.compare, inputs=ins, outputs=outs, overwrite=args.overwrite)
+    if args.preview:
+        check_preview_path(args.preview, others=[*ins, *outs, *([args.compare] if args.compare else [])])
 
 
 def _work_options(args) -> dict:
@@ -305,45 +366,12 @@ def _work_options(args) -> dict:
 
 
 def _upscale_one(pipe, console: Console, job, max_pixels: int, args):
-    """Read ``job.src``, run it through ``pipe`` and write ``job.dst`` as the bands come
-    (interruptibly); the finished work is kept in the job's work directory until the file is
-    written. Returns (notes of the writer, the input's ImageInfo)."""
-    from . import io as tio
-    from .checkpoint import WorkDir
+    """Read ``job.src``, run it through ``pipe`` and write ``job.dst`` (interruptibly), without
+    the ``start``/``done`` events. Returns (notes of the writer, the input's ImageInfo)."""
+    from .job import _upscale
 
-    from .tiling.store import RowsStore
-
-    rows = tio.open_rows(job.src, max_pixels)
-    rows.read(rows.shape[0] - 1, rows.shape[0])  # a file cut short fails here, before any work
-    image, info = RowsStore(rows), rows.info
-    depth = pipe.preset.output.bit_depth or info.bit_depth
-    work = None
-    if job.work is not None:
-        work = WorkDir.open(job.work.folder, job.work.key, len(pipe._chain(info.height, info.width)), depth,
-                            resume=args.resume, restart=args.restart, output=job.dst)
-        console.resumable = True
-    progress = lambda ev: console.emit(ev.event, **_fields(ev, job.src))  # noqa: E731
-
-    def run():
-        shape, bands = pipe.stream(image, progress, work=work)
-        return tio.write_bands(job.dst, bands, size=shape[:2], channels=shape[2], bit_depth=depth,
-                               format=job.format, icc_profile=info.icc_profile, exif=info.exif,
-                               dpi=job.dpi or info.dpi, overwrite=args.overwrite, inputs=[job.src])
-
-    try:
-        notes = console.interruptible(run)
-    except TiledsrError as exc:
-        if work is not None and exc.exit_code in (2, 3, 4):  # the same run would fail again
-            work.remove()
-        raise
-    finally:
-        image.close()
-        if work is not None:
-            work.close()
-    if work is not None:
-        work.remove()
-        console.resumable = False
-    return notes, info
+    return _upscale(pipe, job, _run_options(args, max_pixels), console.emit, console.interruptible,
+                    lambda flag: setattr(console, "resumable", flag))
 
 
 def _generate(args, pipe, console: Console) -> int:
@@ -353,6 +381,12 @@ def _generate(args, pipe, console: Console) -> int:
 
     if not args.output:
         raise InputError("a generating preset needs -o OUT (or -o - for stdout)")
+    if args.compare:
+        raise InputError("--compare sets the input beside the output; this preset has no input image")
+    if args.preview:
+        from .livepreview import check_preview_path
+
+        check_preview_path(args.preview, others=[args.output] if args.output != "-" else [])
     pipe.check_models()
     plan = pipe.plan((0, 0), 3)
     plan.check_fits(total_memory())
@@ -367,7 +401,10 @@ def _generate(args, pipe, console: Console) -> int:
     depth = pipe.preset.output.bit_depth or 8
 
     def run():
+        from .job import previewed
+
         shape, bands = pipe.stream(None, lambda ev: console.emit(ev.event, **_fields(ev, "")))
+        bands = previewed(_run_options(args, 0), console.emit, "", shape, bands)
         return tio.write_bands(args.output, bands, size=shape[:2], channels=shape[2], bit_depth=depth, format=fmt,
                                dpi=pipe.print_dpi(), overwrite=args.overwrite)
 
@@ -378,11 +415,9 @@ def _generate(args, pipe, console: Console) -> int:
 
 
 def _fields(ev, src: str) -> dict:
-    d = ev.to_dict()
-    d.pop("event")
-    d.pop("elapsed")  # re-stamped from the start of the command, like start/done
-    d["input"] = src
-    return d
+    from .job import event_fields
+
+    return event_fields(ev, src)
 
 
 def cmd_plan(args) -> int:
@@ -464,6 +499,14 @@ def cmd_presets(args) -> int:
     for name in preset_names():
         raw, _ = read_preset(name)
         print(f"{name:12s} {raw.get('description', '')}")
+    from .stages import builtin_types, plugin_types
+
+    print("\nstage types:")
+    for kind in builtin_types():
+        print(f"  {kind:12s} built-in")
+    for plugin in plugin_types():  # from the installed packages' metadata; no plug-in is imported
+        ignored = f" (ignored: {plugin.ignored})" if plugin.ignored else ""
+        print(f"  {plugin.name:12s} plug-in from {plugin.dist} {plugin.version}{ignored}")
     return 0
 
 

@@ -128,9 +128,14 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, Mapping):
         raise PresetError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}")
     kwargs = {key: _field(cls, key, value, where) for key, value in data.items()}
-    obj = cls(**kwargs)
-    check = getattr(obj, "check", None)
-    problem = check() if check else None
+    try:  # a stage plug-in's config may raise where it should return its problem
+        obj = cls(**kwargs)
+        check = getattr(obj, "check", None)
+        problem = check() if check else None
+    except PresetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported as the value's problem, one line
+        problem = f"{type(exc).__name__}: {exc}"
     if problem:
         raise PresetError(f"{where}: {cut(problem)}")
     return obj

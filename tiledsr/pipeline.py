@@ -65,7 +65,10 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes, grids and memory of a run; ``notes`` (e.g. how a print size was fitted); ``budget`` in bytes."""
+    """What :meth:`Pipeline.plan` returns, without loading a model: ``stages`` (a
+    :class:`StagePlan` each: sizes, tile grid, tiling chosen, memory), ``output_size`` (H, W),
+    ``peak_memory`` and ``budget`` in bytes, ``notes`` (e.g. how a print size was fitted) and
+    ``warnings`` (tilings that waste work)."""
 
     stages: tuple[StagePlan, ...]
     notes: tuple[str, ...] = ()
@@ -187,6 +190,16 @@ class Pipeline:
         pipe.explicit_tile = "tile" in overrides or any(
             s.split("=", 1)[0].strip().split(".")[-1] == "tile" for s in sets)
         return pipe
+
+    def __reduce__(self):
+        """Pickled as its recipe (the resolved preset and the settings it was built with), never
+        its models: unpickling builds an unloaded pipeline that resolves its device and loads its
+        models where it lands (a Ray worker), from the same preset."""
+        settings = {"device": self._device, "precision": self.runtime.precision, "seed": self.runtime.seed,
+                    "target": self.target, "threads": self.runtime.threads,
+                    "scratch_dir": self.runtime.scratch_dir, "memory_budget": self._budget,
+                    "print_size": self.print_size}
+        return _rebuild, (self.preset, settings, self.explicit_tile)
 
     def _chain(self, height: int, width: int) -> list[Stage]:
         """Stages for an input of this size, plus a final exact resize when a target asks for one.
@@ -313,10 +326,15 @@ class Pipeline:
 
         ``image`` is None when the first stage is a source (txt2img). Adjacent stages that
         share a VAE latent space pass latents; a pixel stage between them forces decode and encode.
+        ``progress`` gets a ``start`` event, the stages' events, then ``done``.
         """
         from .tiling.store import collect
 
-        return collect(self.stream(image, progress)[1])
+        rep = Reporter(progress, len(self.stages))
+        rep.emit("start")
+        out = collect(self.stream(image, progress)[1])
+        rep.emit("done")
+        return out
 
     def output_shape(self, shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
         """(H', W', C') of the output for an input of ``shape`` (H, W, C), or None before a source stage."""
@@ -477,6 +495,13 @@ class Pipeline:
             return to_pil(self.run_array(None, progress))
         array = from_any(image)
         return to_like(self.run_array(array, progress), image)
+
+
+def _rebuild(preset: Preset, settings: dict, explicit_tile: bool) -> Pipeline:
+    """An unloaded Pipeline from :meth:`Pipeline.__reduce__`'s recipe."""
+    pipe = Pipeline(preset, **settings)
+    pipe.explicit_tile = explicit_tile
+    return pipe
 
 
 def _sides(h: int, w: int) -> str:

@@ -15,12 +15,21 @@ from .errors import Cancelled
 
 __all__ = ["JsonRenderer", "BarRenderer", "ProgressCallback", "ProgressEvent", "Reporter"]
 
-EventKind = Literal["start", "stage", "progress", "backoff", "done", "warning", "error"]
+EventKind = Literal["start", "stage", "progress", "backoff", "preview", "done", "warning", "error"]
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """One event. ``tile`` counts finished tiles (0..tiles) of the current stage; times in seconds."""
+    """One event of a run, as the callback and ``--progress json`` get it.
+
+    ``event``: ``start`` (an image begins: ``input``, ``output``), ``stage`` (a stage begins,
+    ``tile`` 0 of ``tiles``), ``progress`` (``tile`` finished tiles (0..tiles) of stage
+    ``stage`` (number ``stage_index`` of ``stages``, from 0); diffusion stages add ``step`` of
+    ``steps``), ``backoff`` (out of memory: smaller tiles from now on; ``message``),
+    ``preview`` (the live preview at ``preview`` shows the first ``rows`` rows of the output),
+    ``warning`` (``message``), ``done`` (``output`` written), ``error`` (``message``, exit
+    ``code``). ``elapsed`` and ``eta`` are seconds; fields that do not apply are None.
+    """
 
     event: EventKind
     stage: Optional[str] = None
@@ -36,6 +45,8 @@ class ProgressEvent:
     output: Optional[str] = None
     message: Optional[str] = None
     code: Optional[int] = None
+    preview: Optional[str] = None
+    rows: Optional[int] = None
 
     def to_dict(self) -> dict:
         """Plain dict without the fields that are None."""

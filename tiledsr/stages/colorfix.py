@@ -45,11 +45,12 @@ class ColorfixStage(Stage):
 
         h, w, c = src.shape
         rows = band_rows(w, c)
-        total = -(-(h - start) // rows)
+        done = -(-start // rows)  # bands an earlier run handed on count as done
+        total = done + -(-(h - start) // rows)
         if source is None:
             bands = (src.read(y, min(h, y + rows)) for y in range(start, h, rows))
         else:
             bands = colorfix_bands(src, source, self.config.method, start=start, rows=rows)
-        for i, band in enumerate(bands, 1):
+        for i, band in enumerate(bands, done + 1):
             report(i, total)
             yield band

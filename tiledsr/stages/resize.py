@@ -80,7 +80,7 @@ class ResizeStage(Stage):
         h, w, c = src.shape
         oh, ow = self.output_size(h, w)
         rows = band_rows(ow, c)
-        bands = -(-(oh - start) // rows)
-        for i, band in enumerate(resize_bands(src, (oh, ow), self.config.method, rows, start), 1):
+        bands, done = -(-oh // rows), start // rows  # bands an earlier run handed on count as done
+        for i, band in enumerate(resize_bands(src, (oh, ow), self.config.method, rows, start), done + 1):
             report(i, bands)
             yield np.clip(band, 0.0, 1.0, out=band)

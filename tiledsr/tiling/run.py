@@ -7,10 +7,16 @@ input window that adds ``context`` input pixels on every side where the image
 has them; windows are shifted inwards at the image border rather than padded,
 so every window has the same size (batchable) and sees exactly what the
 untiled run would see, up to the context.
+
+An executor (:func:`use_executor`) may compute the tiles elsewhere (Ray workers,
+:mod:`tiledsr.distributed`): groups are submitted ahead, a bounded number in flight, and
+their results taken in order, so the canvas, the band hand-off and the out-of-memory
+back-off are the same as when they are computed here.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -20,9 +26,45 @@ from .blend import tile_weights
 from .grid import TileGrid, make_grid
 from .store import ArrayStore, collect
 
-__all__ = ["output_grid", "run_tiled", "tiled_bands", "window"]
+__all__ = ["TileExecutor", "output_grid", "run_tiled", "tiled_bands", "use_executor", "window"]
 
 TileFn = Callable[[np.ndarray], np.ndarray]
+
+
+class TileExecutor(Protocol):
+    """Computes groups of tiles somewhere else, for :func:`tiled_bands`.
+
+    ``accepts(fn)``: whether it can run ``fn`` (else the tiles are computed here);
+    ``depth``: how many groups to keep in flight; ``submit(fn, batch, starts)`` starts
+    ``fn(batch)`` (or ``fn(batch, starts)`` when ``starts`` is not None) and returns a handle
+    whose ``result()`` is its (N, h*s, w*s, C_out) float32 output, or raises what ``fn`` raised;
+    ``cancel(handle)`` gives up on one (its result is never asked for)."""
+
+    depth: int
+
+    def accepts(self, fn: TileFn) -> bool: ...
+
+    def submit(self, fn: TileFn, batch: np.ndarray, starts: list | None) -> Any: ...
+
+    def cancel(self, handle: Any) -> None: ...
+
+
+_EXECUTORS: list[TileExecutor] = []  # process-wide: the work often runs in another thread
+
+
+@contextlib.contextmanager
+def use_executor(executor: TileExecutor) -> Iterator[TileExecutor]:
+    """Inside the block, :func:`tiled_bands` (in any thread) sends the tiles of every ``fn`` that
+    ``executor.accepts`` to it."""
+    _EXECUTORS.append(executor)
+    try:
+        yield executor
+    finally:
+        _EXECUTORS.remove(executor)
+
+
+def _executor_for(fn: TileFn) -> TileExecutor | None:
+    return next((ex for ex in list(_EXECUTORS) if ex.accepts(fn)), None) if _EXECUTORS else None
 
 
 def window(start_out: int, size_out: int, scale: int, context: int, length_in: int) -> tuple[int, int, int]:
@@ -100,6 +142,7 @@ def tiled_bands(
     """
     h, w, _ = src.shape
     least = max(scale, min_tile or 8 * scale)
+    executor = _executor_for(fn)
     while True:
         grid = output_grid(h, w, scale, tile, overlap)
         if len(grid) == 1 and start == 0:
@@ -115,12 +158,15 @@ def tiled_bands(
         todo = [t for t in tiles if t.y + t.h > start]
         canvas: BandCanvas | None = None
         i, restart = 0, False
+        ahead = _Ahead(executor, src, fn, todo, (scale, context, h, w, multiple, keyed)) if executor else None
         while i < len(todo):
             group = todo[i:i + max(1, batch)]
             wins = [(window(t.y, t.h, scale, context, h), window(t.x, t.w, scale, context, w)) for t in group]
             try:
-                out = _call(src, fn, wins, multiple, keyed)
+                out = _call(src, fn, wins, multiple, keyed) if ahead is None else ahead.take(i, max(1, batch))
             except (MemoryError, RuntimeError, OutOfMemory) as exc:
+                if ahead is not None:
+                    ahead.drop()  # groups in flight were cut for the old batch or tile (else: all taken)
                 new_tile, new_batch = _smaller(exc, grid, batch, least, on_backoff, f"{len(group)} tile(s)")
                 if new_batch < batch:
                     batch = new_batch
@@ -135,7 +181,7 @@ def tiled_bands(
                 yield from canvas.add(t, o[oy:oy + t.h, ox:ox + t.w], tile_weights(grid, t, blend))
             i += len(group)
             if on_tile is not None:
-                on_tile(i, len(todo))
+                on_tile(len(tiles) - len(todo) + i, len(tiles))  # tiles an earlier run finished count
         if not restart:
             return
 
@@ -151,9 +197,50 @@ def _whole(src, fn: TileFn, scale: int, multiple: int, keyed: bool, on_tile) -> 
 
 
 def _call(src, fn: TileFn, wins, multiple: int, keyed: bool) -> np.ndarray:
+    padded, starts = _crops(src, wins, multiple, keyed)
+    return fn(padded, starts) if keyed else fn(padded)
+
+
+def _crops(src, wins, multiple: int, keyed: bool) -> tuple[np.ndarray, list | None]:
+    """The windows' batch (padded to ``multiple``) and, when ``keyed``, their (y, x) input starts."""
     crops = np.stack([src.read(y0, y0 + yh, x0, x0 + xw) for (y0, yh, _), (x0, xw, _) in wins])
-    padded = _pad_to_multiple(crops, multiple)
-    return fn(padded, [(y0, x0) for (y0, _, _), (x0, _, _) in wins]) if keyed else fn(padded)
+    starts = [(y0, x0) for (y0, _, _), (x0, _, _) in wins] if keyed else None
+    return _pad_to_multiple(crops, multiple), starts
+
+
+def _wins(todo, i: int, n: int, scale: int, context: int, h: int, w: int):
+    return [(window(t.y, t.h, scale, context, h), window(t.x, t.w, scale, context, w)) for t in todo[i:i + n]]
+
+
+class _Ahead:
+    """Groups of ``todo`` submitted to an executor ahead of their turn (``executor.depth`` in
+    flight), their results taken in order by the index of their first tile."""
+
+    def __init__(self, executor: TileExecutor, src, fn: TileFn, todo, geometry):
+        self.executor, self.src, self.fn, self.todo, self.geometry = executor, src, fn, todo, geometry
+        self.pending: dict[int, Any] = {}
+        self.next = 0  # first tile not yet submitted
+
+    def take(self, i: int, batch: int) -> np.ndarray:
+        """The output of the group of ``batch`` tiles from ``todo[i]``."""
+        if i not in self.pending:
+            self.drop()
+            self.next = i
+        while len(self.pending) < max(1, self.executor.depth) and self.next < len(self.todo):
+            self.pending[self.next] = self._submit(self.next, batch)
+            self.next += batch
+        return self.pending.pop(i).result()
+
+    def _submit(self, i: int, batch: int):
+        scale, context, h, w, multiple, keyed = self.geometry
+        batch_in, starts = _crops(self.src, _wins(self.todo, i, batch, scale, context, h, w), multiple, keyed)
+        return self.executor.submit(self.fn, batch_in, starts)
+
+    def drop(self) -> None:
+        """Give up on every group in flight."""
+        for handle in self.pending.values():
+            self.executor.cancel(handle)
+        self.pending.clear()
 
 
 def _smaller(exc: BaseException, grid: TileGrid, batch: int, least: int, on_backoff, what: str) -> tuple[int, int]:

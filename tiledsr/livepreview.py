@@ -1,0 +1,126 @@
+"""A live preview for host applications: a small JPEG of the finished part of an output.
+
+:func:`preview_bands` passes an output's row bands through unchanged while it keeps a
+reduced copy (box filter by a whole factor, so that the longest side is at most
+:data:`PREVIEW_SIDE`); at most every ``every`` seconds, and once at the end, it rewrites
+the JPEG atomically (a temporary file in the same folder, then a rename) and calls
+``on_preview(path, rows)`` with the output rows it shows. Rows not finished yet are grey.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["PREVIEW_SIDE", "check_preview_path", "preview_bands"]
+
+PREVIEW_SIDE = 512  # pixels of the preview's longest side (at most)
+MARK = b"tiledsr live preview"  # the JPEG comment that makes a file ours to replace
+
+
+def check_preview_path(path: str | Path, others: Sequence[str | Path] = ()) -> None:
+    """InputError (exit 2) unless ``path`` may hold the preview: a file name (not ``-``) in an
+    existing folder, none of ``others`` (the run's inputs and outputs), and either absent, empty
+    or an earlier preview (a JPEG whose comment is :data:`MARK`), so no user file is replaced."""
+    from .errors import InputError
+    from .io.meta import quoted
+
+    name = quoted(str(path), "stdout")
+    if str(path) == "-":
+        raise InputError("--preview needs a file name; the preview cannot go to stdout")
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise InputError(f"--preview {name}: folder {quoted(str(p.parent), '')} does not exist")
+    if p.is_dir():
+        raise InputError(f"--preview {name} is a folder; give a file name such as preview.jpg")
+    for other in others:
+        if str(other) != "-" and os.path.abspath(other) == os.path.abspath(p):
+            raise InputError(f"--preview {name} is also an input or output of this run; give another file")
+    if p.exists() and not _replaceable(p):
+        raise InputError(f"--preview {name} exists and is not an earlier tiledsr preview; remove it or "
+                         "give another file")
+
+
+def _replaceable(p: Path) -> bool:
+    """An empty file, or a JPEG that tiledsr wrote as a preview."""
+    try:
+        if p.stat().st_size == 0:
+            return True
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\xff\xd8") and MARK in head
+
+
+def preview_bands(bands: Iterable[np.ndarray], size: tuple[int, int], path: str | Path, every: float,
+                  on_preview: Callable[[str, int], None]) -> Iterator[np.ndarray]:
+    """Yield ``bands`` (consecutive (h, W[, C]) row bands of an output of ``size`` (H, W), float
+    in [0, 1], uint8 or uint16) unchanged, keeping the preview at ``path`` up to date."""
+    height, width = size
+    factor = max(1, -(-max(height, width) // PREVIEW_SIDE))
+    small: np.ndarray | None = None
+    carry: list[np.ndarray] = []  # rows not yet a whole block of ``factor`` rows
+    done, last = 0, time.monotonic()
+    for band in bands:
+        yield band
+        rgb = _display(band)
+        if small is None:
+            small = np.full((-(-height // factor), -(-width // factor), 3), 0.5, np.float32)
+        carry.append(rgb)
+        block = np.concatenate(carry) if len(carry) > 1 else rgb
+        whole = block.shape[0] - block.shape[0] % factor if done + block.shape[0] < height else block.shape[0]
+        if whole:
+            row = done // factor
+            reduced = _reduce(block[:whole], factor)
+            small[row:row + reduced.shape[0]] = reduced
+            done += whole
+        carry = [block[whole:]] if whole < block.shape[0] else []
+        now = time.monotonic()
+        if done >= height or now - last >= every:
+            _write(small, path)
+            on_preview(str(path), done)
+            last = now
+
+
+def _display(band: np.ndarray) -> np.ndarray:
+    """A band as float32 RGB in [0, 1] (alpha composited over mid grey, grey repeated)."""
+    if band.dtype == np.uint8:
+        a = band.astype(np.float32) / 255
+    elif band.dtype == np.uint16:
+        a = band.astype(np.float32) / 65535
+    else:
+        a = np.clip(np.nan_to_num(band.astype(np.float32)), 0.0, 1.0)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    c = a.shape[2]
+    colour, alpha = (a[:, :, :c - 1], a[:, :, c - 1:]) if c in (2, 4) else (a, None)
+    if alpha is not None:
+        colour = colour * alpha + 0.5 * (1 - alpha)
+    return np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
+
+
+def _reduce(rows: np.ndarray, factor: int) -> np.ndarray:
+    """Box-filter (h, W, 3) by ``factor`` (the last block of rows or columns may be short)."""
+    if factor == 1:
+        return rows
+    h, w, _ = rows.shape
+    ph, pw = -h % factor, -w % factor
+    if ph or pw:
+        rows = np.pad(rows, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    n, m = rows.shape[0] // factor, rows.shape[1] // factor
+    return rows.reshape(n, factor, m, factor, 3).mean(axis=(1, 3))
+
+
+def _write(small: np.ndarray, path: str | Path) -> None:
+    """The preview as a JPEG, replaced atomically (see :mod:`tiledsr.io.files`)."""
+    from PIL import Image
+
+    from .io.files import _atomic_write
+
+    image = Image.fromarray(np.round(small * 255).astype(np.uint8))
+    _atomic_write(Path(path), str(path), lambda fh: image.save(fh, format="JPEG", quality=85, comment=MARK),
+                  overwrite=True, streamed=False)
