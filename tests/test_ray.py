@@ -189,6 +189,29 @@ def test_spread_tiles_runs_every_tile_on_the_workers(ray_up, folder):
     assert not executor.accepts(pipe.stages[0]._network)  # closed with the block
 
 
+def test_img2img_independent_tiles_spread_over_workers(ray_up, tmp_path_factory):
+    """img2img in independent mode: each tile is refined on its own, so tiles go to the workers
+    (a tiny random-weight SD, loaded from its folder). Workers run torch on one thread, the local
+    run on two: the UNet's sums round differently (by about 1e-7), unlike ncnn and torch convs for
+    sr, which give the same bits at any thread count."""
+    pytest.importorskip("diffusers")
+    from tiny_models import build_tiny_sd
+
+    from tiledsr import Pipeline
+    from tiledsr.distributed import spread_tiles
+
+    sd = build_tiny_sd(tmp_path_factory.mktemp("sd"))
+    image = RNG.random((72, 80, 3), dtype=np.float32)
+    stages = [{"type": "img2img", "model": str(sd), "mode": "independent", "steps": 3, "strength": 0.5,
+               "tile": 48, "overlap": 16}]
+    ref = Pipeline(stages, device="cpu").run_array(image)
+    pipe = Pipeline(stages, device="cpu")
+    with spread_tiles(pipe) as executor:
+        out = pipe.run_array(image)
+    assert executor.submitted == len(pipe.stages[0].grid(72, 80)) > 1
+    assert np.abs(out - ref).max() < 1e-5
+
+
 def test_an_error_in_a_task_comes_back_as_itself(ray_up, folder, tmp_path, capfd):
     bad = tmp_path / "in"
     bad.mkdir()

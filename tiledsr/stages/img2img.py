@@ -79,27 +79,30 @@ class Img2ImgStage(DiffusionStage):
         return self._independent(data, report)
 
     def _independent(self, image: np.ndarray, report) -> np.ndarray:
-        """Each pixel tile: encode, img2img on its own (noise keyed to seed and tile position), decode."""
+        """Each pixel tile on its own: see :meth:`independent_tiles`."""
+        return _run_independent(image, self.independent_tiles, self, report)
+
+    def independent_tiles(self, batch: np.ndarray, starts) -> np.ndarray:
+        """(N, h, w, 3) float32 in [0, 1] tiles at input positions ``starts`` [(y, x), ...] ->
+        the same, refined: each encoded, denoised on its own (noise keyed to the seed and the
+        tile's position, not the order) and decoded. Depends only on the loaded models, so the
+        tiles can be computed anywhere (Ray workers)."""
         import torch
 
         from ..diffusion.vae import tiled_decode, tiled_encode
 
-        vae, f = self.components.vae, self.factor
+        vae = self.components.vae
         sf = vae.config.scaling_factor
-
-        def one_tile(batch: np.ndarray, starts) -> np.ndarray:
-            outs = []
-            for tile_img, (y, x) in zip(batch, starts):
-                px = torch.from_numpy(np.ascontiguousarray(tile_img[:, :, :3].transpose(2, 0, 1)))[None] * 2 - 1
-                big = max(px.shape[-2:])
-                lat = tiled_encode(vae, px, tile=big, overlap=0)
-                seed = self.seed * 1_000_003 + y * 65_537 + x  # keyed to canvas position, not order
-                lat = self._denoise(lat, seed, whole=True)
-                pix = tiled_decode(vae, lat / sf, tile=big * 1, overlap=0)
-                outs.append(((pix[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1))
-            return np.stack(outs)
-
-        return _run_independent(image, one_tile, self, report)
+        outs = []
+        for tile_img, (y, x) in zip(batch, starts):
+            px = torch.from_numpy(np.ascontiguousarray(tile_img[:, :, :3].transpose(2, 0, 1)))[None] * 2 - 1
+            big = max(px.shape[-2:])
+            lat = tiled_encode(vae, px, tile=big, overlap=0)
+            seed = self.seed * 1_000_003 + y * 65_537 + x  # keyed to canvas position, not order
+            lat = self._denoise(lat, seed, whole=True)
+            pix = tiled_decode(vae, lat / sf, tile=big * 1, overlap=0)
+            outs.append(((pix[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1))
+        return np.stack(outs)
 
 
 def _run_independent(image: np.ndarray, fn, stage: Img2ImgStage, report) -> np.ndarray:
