@@ -8,7 +8,8 @@
   does for one image (read by rows, stream, write atomically, keep a work directory for
   ``--resume``); their events come back to the driver's console and their errors as
   themselves (same line, same exit code). One image: its tiles are spread.
-* :func:`spread_tiles`: the tiles of the pipeline's ``sr`` stages are computed by Ray actors
+* :func:`spread_tiles`: the tiles of the pipeline's ``sr`` stages (and ``img2img`` in independent
+  mode) are computed by Ray actors
   that each hold the loaded pipeline; the driver reads the windows and blends the results into
   the same streamed canvas (:func:`tiledsr.tiling.run.use_executor`).
 
