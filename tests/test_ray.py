@@ -189,6 +189,18 @@ def test_spread_tiles_runs_every_tile_on_the_workers(ray_up, folder):
     assert not executor.accepts(pipe.stages[0]._network)  # closed with the block
 
 
+def test_python_api_engine_ray_writes_the_local_bytes(ray_up, folder, tmp_path):
+    import tiledsr
+
+    src = folder / "im1.png"
+    tiledsr.upscale(src, tmp_path / "here.png", preset="fast-x4", tile=64, overlap=16).close()
+    events = []
+    tiledsr.upscale(src, tmp_path / "ray.png", preset="fast-x4", tile=64, overlap=16, engine="ray",
+                    progress=events.append).close()
+    assert (tmp_path / "ray.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    assert [events[0].event, events[-1].event] == ["start", "done"]
+
+
 def test_img2img_independent_tiles_spread_over_workers(ray_up, tmp_path_factory):
     """img2img in independent mode: each tile is refined on its own, so tiles go to the workers
     (a tiny random-weight SD, loaded from its folder). Workers run torch on one thread, the local

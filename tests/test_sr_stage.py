@@ -91,7 +91,8 @@ def test_progress_events_and_cancel():
     events = []
     pipe = sr("animevideov3", tile=64, overlap=8)
     pipe.run_array(photo(box=(0, 0, 40, 40)), progress=events.append)
-    assert events[0].event == "stage" and events[0].tile == 0
+    assert events[0].event == "start" and events[-1].event == "done"
+    assert events[1].event == "stage" and events[1].tile == 0
     prog = [e for e in events if e.event == "progress"]
     assert [e.tile for e in prog] == list(range(1, prog[0].tiles + 1)) and prog[-1].eta == 0
     with pytest.raises(Cancelled):

@@ -126,7 +126,7 @@ def _file_to_file(pipe: Pipeline, src: str, dst: str, events: _Events, *, overwr
     options = RunOptions(overwrite=overwrite, resume=resume, restart=restart,
                          preview=None if preview is None else str(preview), preview_every=preview_every,
                          max_pixels=limit)
-    run_job(pipe, job, options, events, lambda line: warnings.warn(f"tiledsr: {line}", stacklevel=4))
+    run_job(pipe, job, options, events, lambda line: warnings.warn(f"tiledsr: {line}", stacklevel=5))
     if compare is not None:
         from .compare import write_compare
 

@@ -439,7 +439,7 @@ def cmd_plan(args) -> int:
             raise InputError("--preview draws the tiles over the input; this preset has no input image")
         tio.check_output(args.preview, overwrite=args.overwrite, inputs=[args.input])
     # 2. Print the plan.
-    print(f"preset {pipe.preset.name}: {pipe.preset.description}")
+    print(f"preset {pipe.preset.name}" + (f": {pipe.preset.description}" if pipe.preset.description else ""))
     if info is not None:
         print(f"input  {args.input}: {info.width}x{info.height}, {info.channels} channel(s), {info.bit_depth}-bit")
     print(f"memory budget {format_bytes(plan.budget)}"
