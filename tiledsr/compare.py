@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
 from .io import DEFAULT_MAX_PIXELS, check_output, open_rows, output_format, write_bands
+from .io.checks import _same_file
 from .io.meta import quoted
 
 __all__ = ["Layout", "check_compare_path", "choose_regions", "compare_image", "layout",
@@ -176,16 +176,6 @@ def _check_numbers(regions: object, crop: object) -> None:
         if not whole or not lo <= value <= hi:
             raise InputError(f"the picture to compare: {name} must be a whole number from {lo} "
                              f"to {hi}, got {value!r}")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):
-        try:
-            return a.resolve() == b.resolve()
-        except (OSError, RuntimeError, ValueError):
-            return False
 
 
 class _ArrayRows:

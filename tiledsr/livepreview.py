@@ -26,6 +26,7 @@ def check_preview_path(path: str | Path, others: Sequence[str | Path] = ()) -> N
     existing folder, none of ``others`` (the run's inputs and outputs), and either absent, empty
     or an earlier preview (a JPEG whose comment is :data:`MARK`), so no user file is replaced."""
     from .errors import InputError
+    from .io.checks import _same_file
     from .io.meta import quoted
 
     name = quoted(str(path), "stdout")
@@ -37,7 +38,7 @@ def check_preview_path(path: str | Path, others: Sequence[str | Path] = ()) -> N
     if p.is_dir():
         raise InputError(f"--preview {name} is a folder; give a file name such as preview.jpg")
     for other in others:
-        if str(other) != "-" and os.path.abspath(other) == os.path.abspath(p):
+        if str(other) != "-" and (os.path.abspath(other) == os.path.abspath(p) or _same_file(Path(other), p)):
             raise InputError(f"--preview {name} is also an input or output of this run; give another file")
     if p.exists() and not _replaceable(p):
         raise InputError(f"--preview {name} exists and is not an earlier tiledsr preview; remove it or "
