@@ -143,6 +143,20 @@ def test_regions_do_not_overlap_and_repeat_exactly():
         assert not any(overlap(a, b) for b in first[i + 1:])
 
 
+def test_regions_are_spread_over_the_image():
+    """Two textured patches side by side and a fainter one far away: the far one is shown, and the
+    regions keep a quarter of the image apart."""
+    image = np.full((400, 400, 3), 128, np.uint8)
+    image[40:100, 40:100] = noise((60, 60, 3), seed=4)
+    image[40:100, 110:170] = noise((60, 60, 3), seed=5)
+    faint = noise((60, 60, 3), seed=6).astype(np.int16)
+    image[300:360, 300:360] = (128 + (faint - 128) // 3).astype(np.uint8)
+    regions = choose_regions(image, (1600, 1600), regions=3, crop=200)
+    for i, (xa, ya, _, _) in enumerate(regions):
+        assert all(max(abs(xa - xb), abs(ya - yb)) >= 400 for xb, yb, _, _ in regions[i + 1:])
+    assert any(1000 <= x and 1000 <= y for x, y, _, _ in regions)  # the far patch is shown
+
+
 def test_a_flat_image_is_shown_from_its_centre():
     regions = choose_regions(np.zeros((100, 100), np.uint8), (1000, 1000), regions=1, crop=200)
     assert regions == [(400, 400, 200, 200)]

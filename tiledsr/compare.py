@@ -317,18 +317,24 @@ def _lattice(length: int, crop: int) -> np.ndarray:
 def _greedy(ys: np.ndarray, xs: np.ndarray, score: np.ndarray, out_size: tuple[int, int],
             crop: tuple[int, int], count: int) -> list[Region]:
     """Windows at (xs, ys) taken best ``score[:, 0]`` first (to 6 digits), skipping those that
-    overlap one taken; ties go to the best ``score[:, 1]``, then to the window nearest the
-    image's centre, then to the first given."""
+    lie within a quarter of the image (but at least a crop) of one taken, so the regions show
+    different parts of it; where that leaves fewer than ``count``, the rest only must not
+    overlap. Ties go to the best ``score[:, 1]``, then to the window nearest the image's
+    centre, then to the first given."""
     (oh, ow), (cw, ch) = out_size, crop
     centre = (ys + ch / 2 - oh / 2) ** 2 + (xs + cw / 2 - ow / 2) ** 2
     ranks = np.round(score / max(float(score.max()), 1e-30) * 1e6)
     order = np.lexsort((centre, -ranks[:, 1], -ranks[:, 0]))  # stable
     ys, xs = ys[order], xs[order]
-    free, chosen = np.ones(len(order), bool), []
-    while len(chosen) < count and free.any():
-        k = int(np.argmax(free))
-        chosen.append((int(xs[k]), int(ys[k]), cw, ch))
-        free &= (np.abs(ys - ys[k]) >= ch) | (np.abs(xs - xs[k]) >= cw)
+    chosen: list[Region] = []
+    for gap_y, gap_x in ((max(ch, oh // 4), max(cw, ow // 4)), (ch, cw)):
+        free = np.ones(len(order), bool)
+        for x, y, _, _ in chosen:
+            free &= (np.abs(ys - y) >= gap_y) | (np.abs(xs - x) >= gap_x)
+        while len(chosen) < count and free.any():
+            k = int(np.argmax(free))
+            chosen.append((int(xs[k]), int(ys[k]), cw, ch))
+            free &= (np.abs(ys - ys[k]) >= gap_y) | (np.abs(xs - xs[k]) >= gap_x)
     return chosen
 
 
