@@ -1,7 +1,7 @@
 """A live preview for host applications: a small JPEG of the finished part of an output.
 
 :func:`preview_bands` passes an output's row bands through unchanged while it keeps a
-reduced copy (box filter by a whole factor, so that the longest side is at most
+reduced copy (by a whole factor, so that the longest side is at most
 :data:`PREVIEW_SIDE`); at most every ``every`` seconds, and once at the end, it rewrites
 the JPEG atomically (a temporary file in the same folder, then a rename) and calls
 ``on_preview(path, rows)`` with the output rows it shows. Rows not finished yet are grey.
@@ -60,28 +60,35 @@ def _replaceable(p: Path) -> bool:
 def preview_bands(bands: Iterable[np.ndarray], size: tuple[int, int], path: str | Path, every: float,
                   on_preview: Callable[[str, int], None]) -> Iterator[np.ndarray]:
     """Yield ``bands`` (consecutive (h, W[, C]) row bands of an output of ``size`` (H, W), float
-    in [0, 1], uint8 or uint16) unchanged, keeping the preview at ``path`` up to date."""
+    in [0, 1], uint8 or uint16) unchanged, keeping the preview at ``path`` up to date.
+
+    Each preview pixel is the mean of a few samples of its ``factor`` x ``factor`` block (its
+    first and middle rows and columns), so the preview costs a small fraction of the output's
+    pixels and a few MB, whatever the band."""
     height, width = size
     factor = max(1, -(-max(height, width) // PREVIEW_SIDE))
-    small: np.ndarray | None = None
-    carry: list[np.ndarray] = []  # rows not yet a whole block of ``factor`` rows
+    offsets = sorted({0, factor // 2})
+    cols = np.flatnonzero(np.isin(np.arange(width) % factor, offsets))
+    col_blocks = cols // factor
+    col_starts = np.flatnonzero(np.r_[True, col_blocks[1:] != col_blocks[:-1]])
+    col_counts = np.diff(np.r_[col_starts, len(cols)])
+    sums = np.zeros((-(-height // factor), len(col_starts), 3), np.float64)
+    counts = np.zeros(sums.shape[0], np.int64)
     done, last = 0, time.monotonic()
     for band in bands:
         yield band
-        rgb = _display(band)
-        if small is None:
-            small = np.full((-(-height // factor), -(-width // factor), 3), 0.5, np.float32)
-        carry.append(rgb)
-        block = np.concatenate(carry) if len(carry) > 1 else rgb
-        whole = block.shape[0] - block.shape[0] % factor if done + block.shape[0] < height else block.shape[0]
-        if whole:
-            row = done // factor
-            reduced = _reduce(block[:whole], factor)
-            small[row:row + reduced.shape[0]] = reduced
-            done += whole
-        carry = [block[whole:]] if whole < block.shape[0] else []
+        rows = np.arange(done, done + band.shape[0])
+        rows = rows[np.isin(rows % factor, offsets)]
+        if len(rows):
+            shown = _display(band[rows - done][:, cols])  # (rows, cols, 3)
+            np.add.at(sums, rows // factor, np.add.reduceat(shown, col_starts, axis=1))
+            np.add.at(counts, rows // factor, 1)
+        done += band.shape[0]
         now = time.monotonic()
         if done >= height or now - last >= every:
+            seen = counts > 0
+            small = np.full(sums.shape, 0.5, np.float32)
+            small[seen] = sums[seen] / (counts[seen, None, None] * col_counts[None, :, None])
             _write(small, path)
             on_preview(str(path), done)
             last = now
@@ -102,18 +109,6 @@ def _display(band: np.ndarray) -> np.ndarray:
     if alpha is not None:
         colour = colour * alpha + 0.5 * (1 - alpha)
     return np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour
-
-
-def _reduce(rows: np.ndarray, factor: int) -> np.ndarray:
-    """Box-filter (h, W, 3) by ``factor`` (the last block of rows or columns may be short)."""
-    if factor == 1:
-        return rows
-    h, w, _ = rows.shape
-    ph, pw = -h % factor, -w % factor
-    if ph or pw:
-        rows = np.pad(rows, ((0, ph), (0, pw), (0, 0)), mode="edge")
-    n, m = rows.shape[0] // factor, rows.shape[1] // factor
-    return rows.reshape(n, factor, m, factor, 3).mean(axis=(1, 3))
 
 
 def _write(small: np.ndarray, path: str | Path) -> None:
