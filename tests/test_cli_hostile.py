@@ -119,7 +119,12 @@ def test_signal_while_writing_leaves_no_temporary_file(tmp_path, sig):
     p = spawn("upscale", src, "-o", out / "poster.tif", "--preset", "lanczos", "--scale", "8",
               "--set", "output.bit_depth=16", "--progress", "none")
     deadline = time.monotonic() + 120
-    while not list(out.glob(".tiledsr-*.tmp")) and p.poll() is None and time.monotonic() < deadline:
+
+    def writing() -> bool:  # the output's temporary file beside the work directory (the checks before
+        names = [f.name for f in out.iterdir()]  # the work also make a short-lived one)
+        return any(n.endswith(".tmp") for n in names) and any(n.startswith(".tiledsr-work-") for n in names)
+
+    while not writing() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)

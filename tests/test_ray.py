@@ -151,9 +151,12 @@ def test_a_batch_on_ray_writes_the_local_bytes(ray_up, folder, tmp_path, capfd):
     argv = ["upscale", str(folder), "--preset", "fast-x4"]
     assert main([*argv, "--out-dir", str(tmp_path / "here"), "--progress", "none"]) == 0
     capfd.readouterr()
-    assert main([*argv, "--out-dir", str(tmp_path / "ray"), "--engine", "ray", "--progress", "json"]) == 0
+    assert main([*argv, "--out-dir", str(tmp_path / "ray"), "--engine", "ray", "--progress", "json",
+                 "--preview", str(tmp_path / "pv.jpg")]) == 0
     events = json_lines(capfd.readouterr().err)
     same_files(tmp_path / "here", tmp_path / "ray")
+    assert any(e["event"] == "warning" and "--preview is off" in e["message"] for e in events)
+    assert not (tmp_path / "pv.jpg").exists()  # images at once on several workers: no preview
     assert all("input" in e for e in events if e["event"] != "warning")
     inputs = {str(p) for p in folder.iterdir()}
     for kind in ("start", "done"):

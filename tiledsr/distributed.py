@@ -23,6 +23,7 @@ file system every node sees at the same paths.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -342,6 +343,9 @@ class _Batch:
         budget = None if gpu else self.pipe.memory_budget()
         recipe = ray.put(_recipe(self.pipe, gpu, budget))
         options = _run_options(self.args, self.max_pixels)
+        if options.preview:  # images run at once on several workers: one preview file cannot show them
+            console.warn("--preview is off for a batch on Ray (its images run at once); run one image to see it")
+            options = dataclasses.replace(options, preview=None)
         task = ray.remote(_image_task)
         largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
         where = {"cwd": os.getcwd(), "env": _env_vars()}
