@@ -69,3 +69,24 @@ def test_only_earlier_previews_or_empty_files_are_replaced(tmp_path):
     (tmp_path / "link.jpg").symlink_to(tmp_path / "in.png")
     with pytest.raises(InputError, match="input or output"):
         check_preview_path(tmp_path / "link.jpg", others=[tmp_path / "in.png"])
+
+
+def test_a_preview_that_cannot_be_written_never_fails_the_run(tmp_path, monkeypatch):
+    import errno
+
+    import tiledsr
+    import tiledsr.livepreview as lp
+
+    def full_disk(small, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lp, "_write", full_disk)
+    failures, image = [], RNG.random((40, 30, 3), dtype=np.float32)
+    bands = [image[y:y + 8] for y in range(0, 40, 8)]
+    out = list(preview_bands(iter(bands), (40, 30), tmp_path / "p.jpg", 0.0, lambda p, r: None, failures.append))
+    assert len(out) == 5 and len(failures) == 1 and "No space left" in failures[0]
+    src = tmp_path / "in.png"
+    Image.fromarray((image * 255).astype(np.uint8)).save(src)
+    with pytest.warns(UserWarning, match="preview .* could not be written"):
+        tiledsr.upscale(src, tmp_path / "out.png", preset="lanczos", scale=2, preview=tmp_path / "p.jpg").close()
+    assert (tmp_path / "out.png").is_file() and not (tmp_path / "p.jpg").exists()

@@ -365,15 +365,6 @@ def _work_options(args) -> dict:
     return {"resume": args.resume, "restart": args.restart, "work_dir": args.work_dir}
 
 
-def _upscale_one(pipe, console: Console, job, max_pixels: int, args):
-    """Read ``job.src``, run it through ``pipe`` and write ``job.dst`` (interruptibly), without
-    the ``start``/``done`` events. Returns (notes of the writer, the input's ImageInfo)."""
-    from .job import _upscale
-
-    return _upscale(pipe, job, _run_options(args, max_pixels), console.emit, console.interruptible,
-                    lambda flag: setattr(console, "resumable", flag))
-
-
 def _generate(args, pipe, console: Console) -> int:
     """A preset whose first stage is a source (txt2img): no input, one output."""
     from . import io as tio
@@ -404,7 +395,7 @@ def _generate(args, pipe, console: Console) -> int:
         from .job import previewed
 
         shape, bands = pipe.stream(None, lambda ev: console.emit(ev.event, **_fields(ev, "")))
-        bands = previewed(_run_options(args, 0), console.emit, "", shape, bands)
+        bands = previewed(_run_options(args, 0), console.emit, console.warn, "", shape, bands)
         return tio.write_bands(args.output, bands, size=shape[:2], channels=shape[2], bit_depth=depth, format=fmt,
                                dpi=pipe.print_dpi(), overwrite=args.overwrite)
 

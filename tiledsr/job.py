@@ -41,13 +41,13 @@ def run_job(pipe: Any, job: Any, options: RunOptions, emit: Emit, warn: Callable
     emit("start", input=job.src, output=job.dst)
     for line in job.notes:
         warn(f"{job.src}: {line}")
-    notes, info = _upscale(pipe, job, options, emit, call, resumable)
+    notes, info = _upscale(pipe, job, options, emit, warn, call, resumable)
     for note in (*info.notes, *notes):
         warn(f"{job.src}: {note}")
     emit("done", input=job.src, output=job.dst)
 
 
-def _upscale(pipe, job, options: RunOptions, emit: Emit, call, resumable):
+def _upscale(pipe, job, options: RunOptions, emit: Emit, warn, call, resumable):
     """Returns (notes of the writer, the input's ImageInfo)."""
     from . import io as tio
     from .checkpoint import WorkDir
@@ -69,7 +69,7 @@ def _upscale(pipe, job, options: RunOptions, emit: Emit, call, resumable):
 
     def run():
         shape, bands = pipe.stream(image, progress, work=work)
-        bands = previewed(options, emit, job.src, shape, bands)
+        bands = previewed(options, emit, warn, job.src, shape, bands)
         return tio.write_bands(job.dst, bands, size=shape[:2], channels=shape[2], bit_depth=depth,
                                format=job.format, icc_profile=info.icc_profile, exif=info.exif,
                                dpi=job.dpi or info.dpi, overwrite=options.overwrite, inputs=[job.src])
@@ -100,8 +100,9 @@ def event_fields(ev: Any, src: str) -> dict:
     return d
 
 
-def previewed(options: RunOptions, emit: Emit, src: str, shape, bands):
-    """``bands`` with the live preview of ``options.preview`` kept up to date (``preview`` events)."""
+def previewed(options: RunOptions, emit: Emit, warn: Callable[[str], None], src: str, shape, bands):
+    """``bands`` with the live preview of ``options.preview`` kept up to date (``preview`` events;
+    a preview that cannot be written is one warning, and the run goes on)."""
     if not options.preview:
         return bands
     from .livepreview import preview_bands
@@ -109,4 +110,4 @@ def previewed(options: RunOptions, emit: Emit, src: str, shape, bands):
     def shown(path: str, rows: int) -> None:
         emit("preview", input=src, preview=os.path.abspath(path), rows=rows)
 
-    return preview_bands(bands, shape[:2], options.preview, options.preview_every, shown)
+    return preview_bands(bands, shape[:2], options.preview, options.preview_every, shown, warn)

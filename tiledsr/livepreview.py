@@ -15,6 +15,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .errors import TiledsrError
+from .io.meta import quoted
+
 __all__ = ["PREVIEW_SIDE", "check_preview_path", "preview_bands"]
 
 PREVIEW_SIDE = 512  # pixels of the preview's longest side (at most)
@@ -27,7 +30,6 @@ def check_preview_path(path: str | Path, others: Sequence[str | Path] = ()) -> N
     or an earlier preview (a JPEG whose comment is :data:`MARK`), so no user file is replaced."""
     from .errors import InputError
     from .io.checks import _same_file
-    from .io.meta import quoted
 
     name = quoted(str(path), "stdout")
     if str(path) == "-":
@@ -43,6 +45,9 @@ def check_preview_path(path: str | Path, others: Sequence[str | Path] = ()) -> N
     if p.exists() and not _replaceable(p):
         raise InputError(f"--preview {name} exists and is not an earlier tiledsr preview; remove it or "
                          "give another file")
+    from .io.checks import check_output
+
+    check_output(p, format="jpeg", size=(PREVIEW_SIDE, PREVIEW_SIDE), overwrite=True)  # folder writable
 
 
 def _replaceable(p: Path) -> bool:
@@ -58,9 +63,12 @@ def _replaceable(p: Path) -> bool:
 
 
 def preview_bands(bands: Iterable[np.ndarray], size: tuple[int, int], path: str | Path, every: float,
-                  on_preview: Callable[[str, int], None]) -> Iterator[np.ndarray]:
+                  on_preview: Callable[[str, int], None],
+                  on_failure: Callable[[str], None] = lambda message: None) -> Iterator[np.ndarray]:
     """Yield ``bands`` (consecutive (h, W[, C]) row bands of an output of ``size`` (H, W), float
-    in [0, 1], uint8 or uint16) unchanged, keeping the preview at ``path`` up to date.
+    in [0, 1], uint8 or uint16) unchanged, keeping the preview at ``path`` up to date. The preview
+    never fails the run: when it cannot be written (a full disk), ``on_failure(message)`` is
+    called once and the bands go on without it.
 
     Each preview pixel is the mean of a few samples of its ``factor`` x ``factor`` block (its
     first and middle rows and columns), so the preview costs a small fraction of the output's
@@ -75,8 +83,11 @@ def preview_bands(bands: Iterable[np.ndarray], size: tuple[int, int], path: str 
     sums = np.zeros((-(-height // factor), len(col_starts), 3), np.float64)
     counts = np.zeros(sums.shape[0], np.int64)
     done, last = 0, time.monotonic()
+    failed = False
     for band in bands:
         yield band
+        if failed:
+            continue
         rows = np.arange(done, done + band.shape[0])
         rows = rows[np.isin(rows % factor, offsets)]
         if len(rows):
@@ -89,7 +100,13 @@ def preview_bands(bands: Iterable[np.ndarray], size: tuple[int, int], path: str 
             seen = counts > 0
             small = np.full(sums.shape, 0.5, np.float32)
             small[seen] = sums[seen] / (counts[seen, None, None] * col_counts[None, :, None])
-            _write(small, path)
+            try:
+                _write(small, path)
+            except (OSError, TiledsrError) as exc:
+                failed = True
+                on_failure(f"the preview {quoted(str(path), 'stdout')} could not be written ({exc}); "
+                           "going on without it")
+                continue
             on_preview(str(path), done)
             last = now
 
