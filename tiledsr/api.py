@@ -87,17 +87,10 @@ class _Events:
             raise Cancelled("cancelled by the progress callback")
 
     def stage_events(self, src: str | None):
-        """The pipeline's own events, passed on with ``input`` set."""
+        """The pipeline's own events, passed on with ``input`` set (None for an image in memory)."""
         from .job import event_fields
 
-        return lambda ev: self(ev.event, **event_fields(ev, src)) if src else self(ev.event, **_plain(ev))
-
-
-def _plain(ev: ProgressEvent) -> dict:
-    d = ev.to_dict()
-    d.pop("event")
-    d.pop("elapsed")
-    return d
+        return lambda ev: self(ev.event, **event_fields(ev, src))
 
 
 def _is_path(x: Any) -> bool:

@@ -392,9 +392,9 @@ def _generate(args, pipe, console: Console) -> int:
     depth = pipe.preset.output.bit_depth or 8
 
     def run():
-        from .job import previewed
+        from .job import event_fields, previewed
 
-        shape, bands = pipe.stream(None, lambda ev: console.emit(ev.event, **_fields(ev, "")))
+        shape, bands = pipe.stream(None, lambda ev: console.emit(ev.event, **event_fields(ev, "")))
         bands = previewed(_run_options(args, 0), console.emit, console.warn, "", shape, bands)
         return tio.write_bands(args.output, bands, size=shape[:2], channels=shape[2], bit_depth=depth, format=fmt,
                                dpi=pipe.print_dpi(), overwrite=args.overwrite)
@@ -403,12 +403,6 @@ def _generate(args, pipe, console: Console) -> int:
         console.warn(note)
     console.emit("done", output=args.output)
     return 0
-
-
-def _fields(ev, src: str) -> dict:
-    from .job import event_fields
-
-    return event_fields(ev, src)
 
 
 def cmd_plan(args) -> int:

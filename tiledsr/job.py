@@ -90,7 +90,7 @@ def _upscale(pipe, job, options: RunOptions, emit: Emit, warn, call, resumable):
     return notes, info
 
 
-def event_fields(ev: Any, src: str) -> dict:
+def event_fields(ev: Any, src: str | None) -> dict:
     """A pipeline event's fields for ``emit``, with ``input`` set (``elapsed`` is re-stamped
     by the receiver from the start of the whole command)."""
     d = ev.to_dict()
