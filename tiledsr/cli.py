@@ -507,32 +507,40 @@ def cmd_models(args) -> int:
         print(f"{m['name']:14s} x{m['scale']} {m['arch']:8s} {state:14s} {m['description']}")
         print(f"{'':14s} from {m['location'] or m['source']}")
     for model_id, users in _preset_models().items():
-        print(f"{model_id} {_availability(model_id)}: used by {', '.join(users)}")
+        control = any("ControlNet" in u for u in users)
+        print(f"{model_id} {_availability(model_id, control)}: used by {', '.join(users)}")
         print(f"{'':14s} from the Hugging Face cache or a local diffusers folder; "
               f"`tiledsr models fetch {model_id}` downloads it when online")
     return 0
 
 
 def _preset_models() -> dict[str, list[str]]:
-    """Diffusion model id -> the bundled presets (and stages) that use it."""
+    """Diffusion model (and ControlNet) id -> the bundled presets (and stages) that use it."""
     from .presets import load_preset, preset_names
 
     found: dict[str, dict[str, None]] = {}
     for name in preset_names():
         for st in load_preset(name).stages:
-            model = getattr(st.config, "model", None)
-            if st.type != "sr" and isinstance(model, str) and model:
-                found.setdefault(model, {})[f"{name} ({st.type})"] = None
+            for key, what in (("model", st.type), ("controlnet", f"{st.type} ControlNet")):
+                model = getattr(st.config, key, None)
+                if st.type != "sr" and isinstance(model, str) and model:
+                    found.setdefault(model, {})[f"{name} ({what})"] = None
     return {model: list(users) for model, users in found.items()}
 
 
-def _availability(model_id: str) -> str:
+def _availability(model_id: str, controlnet: bool = False) -> str:
     try:
-        from .diffusion.components import is_available
+        from .diffusion.components import controlnet_available, is_available
 
-        return "available" if is_available(model_id) else "not available"
+        found = controlnet_available(model_id) if controlnet else is_available(model_id)
+        return "available" if found else "not available"
     except ImportError:
         return "not available (install the diffusion extra: pip install 'tiledsr[diffusion]')"
+
+
+# Configs, tokenizers and the full-precision diffusers weights (sharded or not) of a pipeline or a
+# ControlNet: not the fp16 variants nor the single-file checkpoints beside them (SDXL base: 6.9 GB each).
+FETCH_PATTERNS = ["*.json", "*.txt", "*.model", "*model.safetensors", "*model-*-of-*.safetensors"]
 
 
 def _fetch(model_id: str | None) -> int:
@@ -556,7 +564,7 @@ def _fetch(model_id: str | None) -> int:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise ModelNotAvailable("fetching needs huggingface_hub: pip install 'tiledsr[diffusion]'") from exc
-    patterns = ["*.json", "*.txt", "*.model", "*.safetensors"]
+    patterns = FETCH_PATTERNS
     try:
         path = snapshot_download(model_id, allow_patterns=patterns)
     except Exception as exc:  # network, offline mode, unknown repo: all mean "not available"

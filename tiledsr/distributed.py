@@ -517,11 +517,14 @@ class _TileWorker:
         except BaseException as exc:  # noqa: BLE001 - reported by the first call
             self.error = _portable(exc)
 
-    def call(self, index: int, name: str, batch, starts):
-        """("ok", output) or ("error", exception) of ``stages[index].<name>(batch[, starts])``."""
+    def call(self, index: int, name: str, batch, starts, state=None):
+        """("ok", output) or ("error", exception) of ``stages[index].<name>(batch[, starts])``, with the
+        driver's ``tile_state`` of that stage (run-time facts such as the picture's size) set first."""
         if self.error is not None:
             return "error", self.error
         try:
+            if state is not None:
+                self.pipe.stages[index].tile_state = state
             fn = getattr(self.pipe.stages[index], name)
             return "ok", fn(batch) if starts is None else fn(batch, starts)
         except Exception as exc:  # noqa: BLE001 - raised on the driver, where the back-off is
@@ -604,7 +607,8 @@ class RayTileExecutor:
                 self._start(fn.__self__, batch)
             actor = self._actors[self.submitted % len(self._actors)]
             self.submitted += 1
-            return _Handle(self, actor.call.remote(index, name, batch, starts))
+            state = getattr(fn.__self__, "tile_state", None)
+            return _Handle(self, actor.call.remote(index, name, batch, starts, state))
 
     def cancel(self, handle: _Handle) -> None:
         with self._lock, contextlib.suppress(Exception):

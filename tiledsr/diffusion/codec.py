@@ -34,7 +34,8 @@ class Latents:
     ``tensor``: (1, C, h, w) float32 on the stage device, already multiplied by the VAE's
     scaling factor; ``size``: the (H, W) pixel size it stands for (the canvas may be padded
     to the VAE factor); ``alpha``: the (H0, W0, 1) alpha plane of the pipeline's pixels, or
-    None; ``grey``: decode back to one channel.
+    None; ``grey``: decode back to one channel; ``pixels``: the (H, W, C) float32 image these
+    latents were encoded from (a tile ControlNet's control image), or None once they change.
     """
 
     tensor: Any
@@ -42,10 +43,11 @@ class Latents:
     size: tuple[int, int]
     alpha: np.ndarray | None = None
     grey: bool = False
+    pixels: np.ndarray | None = None
 
     def scaled(self, tensor: Any, factor: int) -> "Latents":
-        """The same image at ``factor`` times the size, with a new latent tensor."""
-        return replace(self, tensor=tensor, size=(self.size[0] * factor, self.size[1] * factor))
+        """The same image at ``factor`` times the size, with a new latent tensor (and no ``pixels``)."""
+        return replace(self, tensor=tensor, size=(self.size[0] * factor, self.size[1] * factor), pixels=None)
 
 
 class LatentCodec:
@@ -82,7 +84,7 @@ class LatentCodec:
         pixels = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None] * 2 - 1
         t = self.tiling
         lat = tiled_encode(self.vae, pixels, tile=t.tile, overlap=t.overlap, blend=t.blend, progress=report)
-        return Latents(lat, self, (h, w), alpha, grey)
+        return Latents(lat, self, (h, w), alpha, grey, image)
 
     def decode(self, latents: Latents, report: Callable[[int, int], None]) -> np.ndarray:
         """Latents -> (H, W, C) float32 in [0, 1], cropped to ``latents.size``, alpha re-attached."""

@@ -1,7 +1,9 @@
-"""Tiled Stable Diffusion img2img and txt2img in latent space.
+"""Tiled Stable Diffusion (1.x/2.x and SDXL) img2img and txt2img in latent space.
 
 Same math as diffusers' ``StableDiffusionImg2ImgPipeline`` (given 4-channel
-latents as ``image``) and ``StableDiffusionPipeline``, both with
+latents as ``image``), ``StableDiffusionXLImg2ImgPipeline`` (given ``time_ids``),
+``StableDiffusionControlNetImg2ImgPipeline`` (given ``control``) and
+``StableDiffusionPipeline``, all with
 ``output_type="latent"``: the UNet predicts noise, classifier-free guidance
 combines the two halves, and one scheduler steps the whole canvas. The
 blended quantity is the guided noise prediction, i.e. what ``scheduler.step``
@@ -15,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..tiling import Tile
+from .conditioning import TileControl, TimeIds, check_controlnet, check_time_ids
 from .loop import Progress, denoise, guide, latent_grid, step_kwargs, unet_multiple
 from .noise import draw_noise, seeded_generator
 from .text import PromptEmbeds
@@ -22,12 +25,13 @@ from .text import PromptEmbeds
 __all__ = ["img2img_latents", "txt2img_latents"]
 
 
-def _check(unet, embeds: PromptEmbeds, steps: int, guidance: float) -> None:
+def _check(unet, embeds: PromptEmbeds, steps: int, guidance: float, time_ids: TimeIds | None = None,
+           control: TileControl | None = None) -> None:
     if getattr(unet.config, "time_cond_proj_dim", None) is not None:
         raise InputError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported")
-    if getattr(unet.config, "addition_embed_type", None) is not None:
-        raise InputError(f"UNets with added conditions ({unet.config.addition_embed_type}, e.g. SDXL) "
-                         "are not supported")
+    check_time_ids(unet, time_ids, embeds.pooled)
+    if control is not None:
+        check_controlnet(control.net, unet)
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     if guidance > 1 and not embeds.guided:
@@ -35,13 +39,24 @@ def _check(unet, embeds: PromptEmbeds, steps: int, guidance: float) -> None:
                          "encode_sd_prompt(..., guidance=<the same guidance>)")
 
 
-def _predictor(unet, scheduler, embeds: PromptEmbeds, guidance: float):
-    """Tile predictor: noisy crops (N, C, h, w) -> guided noise predictions (N, C, h, w)."""
+def _predictor(unet, scheduler, embeds: PromptEmbeds, guidance: float, canvas: tuple[int, int], steps: int,
+               time_ids: TimeIds | None = None, control: TileControl | None = None):
+    """Tile predictor: noisy crops (N, C, h, w) -> guided noise predictions (N, C, h, w); SDXL's
+    added conditioning and the ControlNet's residuals are made for each tile where it sits on the
+    latent ``canvas`` (h, w); ``steps``: the run's step count (for the ControlNet's schedule)."""
     guided = guidance > 1
 
-    def predict(x: torch.Tensor, tiles: Sequence[Tile], t: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, tiles: Sequence[Tile], t: torch.Tensor, i: int = 0) -> torch.Tensor:
         x_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-        eps = unet(x_in, t, encoder_hidden_states=embeds.hidden_batch(len(tiles), guided), return_dict=False)[0]
+        hidden = embeds.hidden_batch(len(tiles), guided)
+        added = None
+        if time_ids is not None:
+            added = {"text_embeds": embeds.pooled_batch(len(tiles), guided),
+                     "time_ids": time_ids.batch(tiles, canvas, guided, hidden.dtype, x.device)}
+        extra = {} if added is None else {"added_cond_kwargs": added}
+        if control is not None:
+            extra |= control.residuals(x_in, t, tiles, step=i, steps=steps, hidden=hidden, added=added)
+        eps = unet(x_in, t, encoder_hidden_states=hidden, return_dict=False, **extra)[0]
         return guide(eps, guidance) if guided else eps
 
     return predict
@@ -49,14 +64,19 @@ def _predictor(unet, scheduler, embeds: PromptEmbeds, guidance: float):
 
 def _run(unet, scheduler, x: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds, generator, *,
          guidance: float, tile: int, overlap: int, blend: str, batch: int, order, progress, checkpoint=None,
-         on_backoff=None) -> torch.Tensor:
+         on_backoff=None, time_ids: TimeIds | None = None, control: TileControl | None = None) -> torch.Tensor:
     m = unet_multiple(unet)
     grid = latent_grid(x.shape[2], x.shape[3], tile, overlap, m)
 
     def regrid(side: int):
         return latent_grid(x.shape[2], x.shape[3], side, overlap * side // max(tile, 1), m)
 
-    predict = _predictor(unet, scheduler, embeds, guidance)
+    if control is not None:
+        want = (x.shape[2] * control.factor, x.shape[3] * control.factor)
+        if tuple(control.image.shape[2:]) != want:
+            raise InputError(f"the control image must be {want[1]}x{want[0]} (the latent canvas x "
+                             f"{control.factor}), got {control.image.shape[3]}x{control.image.shape[2]}")
+    predict = _predictor(unet, scheduler, embeds, guidance, tuple(x.shape[2:]), len(timesteps), time_ids, control)
     return denoise(x, scheduler, timesteps, predict, grid, blend=blend, batch=batch, order=order,
                    step_kwargs=step_kwargs(scheduler, generator), progress=progress, regrid=regrid,
                    checkpoint=checkpoint, generator=generator, on_backoff=on_backoff)
@@ -66,18 +86,20 @@ def _run(unet, scheduler, x: torch.Tensor, timesteps: torch.Tensor, embeds: Prom
 def img2img_latents(unet, scheduler, init_latents: torch.Tensor, embeds: PromptEmbeds, *, steps: int,
                     strength: float, guidance: float, seed: int, tile: int, overlap: int, blend: str = "cosine",
                     batch: int = 1, order: Sequence[int] | None = None,
-                    progress: Progress | None = None, checkpoint=None, on_backoff=None) -> torch.Tensor:
+                    progress: Progress | None = None, checkpoint=None, on_backoff=None,
+                    time_ids: TimeIds | None = None, control: TileControl | None = None) -> torch.Tensor:
     """Refine latents (1, 4, h, w) -> (1, 4, h, w) on the UNet's device and dtype, tile by tile.
 
     ``init_latents`` are already multiplied by the VAE scaling factor. As in
     diffusers, only the last ``int(steps * strength)`` of ``steps`` timesteps
     run (progress reports that many steps). ``tile``/``overlap`` in latent
     pixels (see :func:`latent_grid`). ``embeds`` from :func:`encode_sd_prompt`
-    with the same ``guidance``. The scheduler passed in is not modified. ``checkpoint`` and
-    ``on_backoff``: see :func:`~tiledsr.diffusion.loop.denoise`.
+    with the same ``guidance`` (SDXL: :func:`encode_sdxl_prompt` and ``time_ids``). ``control``: a
+    tile ControlNet, its image covering the canvas times the VAE factor. The scheduler passed in
+    is not modified. ``checkpoint`` and ``on_backoff``: see :func:`~tiledsr.diffusion.loop.denoise`.
     """
     # 1. Check inputs
-    _check(unet, embeds, steps, guidance)
+    _check(unet, embeds, steps, guidance, time_ids, control)
     if not 0 < strength <= 1:
         raise InputError(f"strength must be in (0, 1], got {strength}")
     if init_latents.ndim != 4 or init_latents.shape[:2] != (1, unet.config.in_channels):
@@ -103,20 +125,21 @@ def img2img_latents(unet, scheduler, init_latents: torch.Tensor, embeds: PromptE
     # 4. Denoising loop
     return _run(unet, scheduler, x, timesteps, embeds.to(device, dtype), generator, guidance=guidance, tile=tile,
                 overlap=overlap, blend=blend, batch=batch, order=order, progress=progress, checkpoint=checkpoint,
-                on_backoff=on_backoff)
+                on_backoff=on_backoff, time_ids=time_ids, control=control)
 
 
 @torch.no_grad()
 def txt2img_latents(unet, scheduler, height: int, width: int, embeds: PromptEmbeds, *, steps: int,
                     guidance: float, seed: int, tile: int, overlap: int, blend: str = "cosine", batch: int = 1,
-                    order: Sequence[int] | None = None, progress: Progress | None = None) -> torch.Tensor:
+                    order: Sequence[int] | None = None, progress: Progress | None = None,
+                    time_ids: TimeIds | None = None) -> torch.Tensor:
     """Generate latents (1, C, height, width) from noise, tile by tile; ``height``/``width`` in LATENT pixels.
 
     Equals ``StableDiffusionPipeline(height=8*height, width=8*width, output_type="latent")``
-    for one tile (C = the UNet's in_channels; latents scaled like the pipeline's).
+    for one tile (C = the UNet's in_channels; latents scaled like the pipeline's); SDXL with ``time_ids``.
     """
     # 1. Check inputs
-    _check(unet, embeds, steps, guidance)
+    _check(unet, embeds, steps, guidance, time_ids)
     device, dtype = unet.device, unet.dtype
 
     # 2. Timesteps, on a private copy of the scheduler
@@ -130,4 +153,5 @@ def txt2img_latents(unet, scheduler, height: int, width: int, embeds: PromptEmbe
 
     # 4. Denoising loop
     return _run(unet, scheduler, x, scheduler.timesteps, embeds.to(device, dtype), generator, guidance=guidance,
-                tile=tile, overlap=overlap, blend=blend, batch=batch, order=order, progress=progress)
+                tile=tile, overlap=overlap, blend=blend, batch=batch, order=order, progress=progress,
+                time_ids=time_ids)

@@ -69,7 +69,7 @@ def _predictor(unet, scheduler, cond: torch.Tensor, embeds: PromptEmbeds, guidan
     level_embed = torch.cat([torch.ones(1, 64, dtype=pooled0.dtype, device=pooled0.device),
                              torch.zeros(1, 64, dtype=pooled0.dtype, device=pooled0.device)], dim=1)
 
-    def predict(x: torch.Tensor, tiles: Sequence[Tile], t: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, tiles: Sequence[Tile], t: torch.Tensor, i: int = 0) -> torch.Tensor:
         n = len(tiles)
         x_in = torch.cat([x, x]) if guided else x
         scaled = scheduler.scale_model_input(x_in, t)

@@ -31,9 +31,9 @@ from ..tiling.grid import axis_starts
 __all__ = ["Blender", "Progress", "TilePredict", "denoise", "guide", "latent_grid", "step_kwargs",
            "unet_multiple"]
 
-TilePredict = Callable[[torch.Tensor, Sequence[Tile], torch.Tensor], torch.Tensor]
-"""``predict(x, tiles, t) -> out``: noisy latent crops x (N, C, h, w) of ``tiles`` at timestep ``t``
-to the quantity the scheduler steps on, (N, C, h, w), same device."""
+TilePredict = Callable[[torch.Tensor, Sequence[Tile], torch.Tensor, int], torch.Tensor]
+"""``predict(x, tiles, t, i) -> out``: noisy latent crops x (N, C, h, w) of ``tiles`` at timestep ``t``
+(step ``i`` of the run, from 0) to the quantity the scheduler steps on, (N, C, h, w), same device."""
 
 Progress = Callable[[int, int, int, int], None]
 """``progress(step, steps, tile, tiles)``: ``step`` in 1..steps, ``tile`` finished tiles of that step."""
@@ -121,8 +121,8 @@ def _processing_order(tiles: Sequence[Tile], order: Sequence[int] | None) -> lis
 
 def predict_canvas(latents: torch.Tensor, t: torch.Tensor, predict: TilePredict, grid: TileGrid,
                    blender: Blender | None, *, batch: int, order: Sequence[int] | None,
-                   on_batch: Callable[[int], None]) -> torch.Tensor:
-    """Model prediction over the whole canvas (1, C, H, W): tiles in batches, then blended."""
+                   on_batch: Callable[[int], None], step: int = 0) -> torch.Tensor:
+    """Model prediction over the whole canvas (1, C, H, W) at step ``step``: tiles in batches, then blended."""
     tiles = grid.tiles
     preds: list[torch.Tensor | None] = [None] * len(tiles)
     done = 0
@@ -131,7 +131,7 @@ def predict_canvas(latents: torch.Tensor, t: torch.Tensor, predict: TilePredict,
     for group in _batches(_processing_order(tiles, order), max(1, batch)):
         x = torch.cat([latents[(..., *tile.slices)] for tile in group])
         maybe_fail_oom("torch", str(x.device))
-        out = predict(x, group, t)
+        out = predict(x, group, t, step)
         for tile, o in zip(group, out):
             preds[tile.index] = o[None]
         done += len(group)
@@ -175,7 +175,8 @@ def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: 
                 progress(i + 1, steps, done, len(grid))
 
         try:
-            out = predict_canvas(latents, t, predict, grid, blender, batch=batch, order=order, on_batch=report)
+            out = predict_canvas(latents, t, predict, grid, blender, batch=batch, order=order, on_batch=report,
+                                 step=i)
         except (MemoryError, RuntimeError) as exc:
             oom = as_out_of_memory(exc, f"denoising {max(grid.tile_h, grid.tile_w)} px latent tiles",
                                    "even the smallest tile does not fit; free memory")

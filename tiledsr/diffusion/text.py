@@ -6,6 +6,9 @@
 * :func:`encode_upscaler_prompt` matches ``StableDiffusionLatentUpscalePipeline``
   (the last entry of ``hidden_states``, i.e. before the final layer norm, plus
   the pooled output; the prompt becomes "" when guidance == 0).
+* :func:`encode_sdxl_prompt` matches ``StableDiffusionXLImg2ImgPipeline.encode_prompt`` (the
+  penultimate hidden states of both text encoders side by side, the second one's projected pooled
+  output; a zero unconditional part for an empty negative prompt when the model asks for it).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["PromptEmbeds", "encode_sd_prompt", "encode_upscaler_prompt"]
+__all__ = ["PromptEmbeds", "encode_sd_prompt", "encode_sdxl_prompt", "encode_upscaler_prompt"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class PromptEmbeds:
 
     ``cond``/``uncond``: (1, L, D) float hidden states; ``uncond`` is None when
     the run has no classifier-free guidance. ``pooled``/``uncond_pooled``:
-    (1, D) pooled outputs, used by the latent upscaler only (else None).
+    (1, D) pooled outputs, used by the latent upscaler and SDXL (else None).
     """
 
     cond: torch.Tensor
@@ -102,3 +105,38 @@ def encode_upscaler_prompt(tokenizer, text_encoder, prompt: str, negative_prompt
         return PromptEmbeds(cond, pooled=pooled)
     uncond, uncond_pooled = _upscaler_states(tokenizer, text_encoder, negative_prompt or "", cond.shape[1])
     return PromptEmbeds(cond, uncond, pooled, uncond_pooled)
+
+
+def _sdxl_states(pairs, text: str, max_length: int | None):
+    """Penultimate hidden states of every (tokenizer, encoder) side by side (1, L, D1 + D2), and the
+    pooled projection of the last encoder that has one (1, P)."""
+    states, pooled = [], None
+    for tokenizer, encoder in pairs:
+        ids, _ = _token_ids(tokenizer, text, max_length or tokenizer.model_max_length)
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds first
+            pooled = out[0]
+        states.append(out.hidden_states[-2])
+    return torch.cat(states, dim=-1), pooled
+
+
+@torch.no_grad()
+def encode_sdxl_prompt(tokenizers, text_encoders, prompt: str, negative_prompt: str | None = None, *,
+                       guidance: float, zero_negative: bool = True) -> PromptEmbeds:
+    """SDXL prompt embeddings: ``cond`` (1, L, D1 + D2) in the last encoder's dtype, ``pooled`` (1, P)
+    and, when ``guidance > 1``, ``uncond``/``uncond_pooled``: zeros when ``negative_prompt`` is empty
+    and ``zero_negative`` (the model's ``force_zeros_for_empty_prompt``), else its embeddings.
+
+    ``tokenizers``/``text_encoders``: SDXL's two, in order (a refiner has only the second; None
+    entries are skipped). The same prompt goes to both encoders, as in the pipeline by default.
+    """
+    pairs = [(t, e) for t, e in zip(tokenizers, text_encoders) if t is not None and e is not None]
+    dtype = pairs[-1][1].dtype
+    cond, pooled = _sdxl_states(pairs, prompt, None)
+    cond = cond.to(dtype)
+    if guidance <= 1:
+        return PromptEmbeds(cond, pooled=pooled)
+    if not negative_prompt and zero_negative:
+        return PromptEmbeds(cond, torch.zeros_like(cond), pooled, torch.zeros_like(pooled))
+    uncond, uncond_pooled = _sdxl_states(pairs, negative_prompt or "", cond.shape[1])
+    return PromptEmbeds(cond, uncond.to(dtype), pooled, uncond_pooled)

@@ -46,7 +46,7 @@ def _predictor(unet, scheduler, cond: torch.Tensor, level: torch.Tensor, embeds:
     """Tile predictor: noisy crops (N, C, h, w) -> guided predictions (N, C, h, w)."""
     guided = guidance > 1
 
-    def predict(x: torch.Tensor, tiles: Sequence[Tile], t: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, tiles: Sequence[Tile], t: torch.Tensor, i: int = 0) -> torch.Tensor:
         n = len(tiles)
         x_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
         c = torch.cat([cond[(..., *tile.slices)] for tile in tiles])

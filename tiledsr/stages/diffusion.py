@@ -65,8 +65,30 @@ class DiffusionStage(Stage):
         self.codec = LatentCodec(comp.vae, self.tiling)
         self.factor = self.codec.factor
         self.unet_multiple = 2 ** (len(comp.unet.config.down_block_types) - 1)
+        if comp.kind == "sdxl":
+            if self.prompt_kind != "sd":
+                from ..errors import InputError
+
+                raise InputError(f"stage {self.type} cannot run the SDXL model {c.model!r}; use it with img2img")
+            zero = bool((comp.flags or {}).get("force_zeros_for_empty_prompt", True))
+            self.embeds = text.encode_sdxl_prompt([comp.tokenizer, comp.tokenizer_2],
+                                                  [comp.text_encoder, comp.text_encoder_2], c.prompt,
+                                                  c.negative_prompt, guidance=c.guidance, zero_negative=zero)
+            return
         encode = text.encode_upscaler_prompt if self.prompt_kind == "upscaler" else text.encode_sd_prompt
         self.embeds = encode(comp.tokenizer, comp.text_encoder, c.prompt, c.negative_prompt, guidance=c.guidance)
+
+    def time_ids(self, picture: tuple[int, int] | None = None, offset: tuple[int, int] = (0, 0)):
+        """SDXL's per-tile size conditioning (None for SD 1.x/2.x): tiles are crops at ``offset`` (y, x)
+        of a ``picture`` (H, W) in pixels (None: the canvas being denoised is the picture). A model
+        whose model_index.json asks for an aesthetic score (a refiner) gets diffusers' 6.0 / 2.5."""
+        from ..diffusion.conditioning import TimeIds
+
+        comp = self.components
+        if comp.kind != "sdxl":
+            return None
+        aesthetic = (6.0, 2.5) if (comp.flags or {}).get("requires_aesthetics_score") else None
+        return TimeIds(self.factor, picture, offset, aesthetic)
 
     @property
     def seed(self) -> int:

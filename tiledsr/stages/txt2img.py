@@ -65,5 +65,5 @@ class Txt2ImgStage(DiffusionStage):
         f = self.factor
         lat = txt2img_latents(comp.unet, self.scheduler(), c.height // f, c.width // f, self.embeds, steps=c.steps,
                               guidance=c.guidance, seed=self.seed, progress=self.step_report(report),
-                              **self.latent_tiling())
+                              time_ids=self.time_ids(), **self.latent_tiling())
         return Latents(lat, self.codec, (c.height, c.width))
