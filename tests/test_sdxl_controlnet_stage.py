@@ -220,3 +220,35 @@ def test_fetch_takes_the_diffusers_weights_and_not_the_variants_beside_them():
     for name in ("sd_xl_base_1.0.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
                  "sd_xl_offset_example-lora_1.0.safetensors", "unet/openvino_model.bin", "vae_decoder/model.onnx"):
         assert not taken(name), name
+
+
+def test_plan_counts_the_weights_from_the_files_without_loading_them(models):
+    from tiledsr.diffusion.footprint import PUBLISHED, model_kind, parameter_counts
+
+    c = load_components(models["xl"])
+    counts = parameter_counts(str(models["xl"]), str(models["cnxl"]))
+    for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        assert counts[name] == sum(p.numel() for p in c[name].parameters()), name
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_pretrained(models["cnxl"])
+    assert counts["controlnet"] == sum(p.numel() for p in net.parameters())
+    assert model_kind(str(models["xl"])) == "sdxl" and model_kind(str(models["sd"])) == "sd"
+    assert "text_encoder_2" not in parameter_counts(str(models["sd"]))
+    absent = parameter_counts("stabilityai/stable-diffusion-xl-base-1.0", "xinsir/controlnet-tile-sdxl-1.0")
+    assert absent == PUBLISHED["sdxl"]  # not here: the published model's
+
+
+def test_plan_memory_grows_with_sdxl_and_the_controlnet():
+    from tiledsr.pipeline import Pipeline
+
+    def model_bytes(**stage):
+        pipe = Pipeline([{"type": "img2img", **stage}], device="cpu", memory_budget="200GB")
+        return pipe.plan((1024, 1024)).stages[0].tile_memory
+
+    sd = model_bytes(model="stable-diffusion-v1-5/stable-diffusion-v1-5")
+    sd_cn = model_bytes(model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                        controlnet="lllyasviel/control_v11f1e_sd15_tile")
+    xl = model_bytes(model="stabilityai/stable-diffusion-xl-base-1.0")
+    assert 3.5e9 < sd < sd_cn < xl  # fp32 weights on the CPU: 4.3 GB, + 1.4 GB, 14 GB
+    assert xl > 13e9

@@ -107,12 +107,34 @@ class DiffusionStage(Stage):
         return make_grid(oh, ow, tile, min(self.tiling.overlap, tile - m), m)
 
     def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
+        """``tile``: the models' weights (counted from their files, or the published models') plus the
+        larger of the UNet's activations for a batch of tiles and the tiled VAE's working set."""
         oh, ow = self.output_size(height, width)
         g = self.grid(height, width)
-        # Rough: UNet activations ~ 400 KB per latent pixel of a tile batch at fp32 (SD-size UNet).
-        per_pixel = 400 * 1024 // self.factor**2
-        unet = per_pixel * g.tile_h * g.tile_w * self.tiling.batch
-        return {"tile": max(unet, self.vae_memory(oh, ow)), "canvas": 3 * oh * ow * channels * 4}
+        weights, per_pixel = self.weight_bytes()
+        samples = self.tiling.batch * (2 if self.config.guidance > 1 else 1)  # classifier-free guidance doubles
+        unet = per_pixel * (g.tile_h // self.factor) * (g.tile_w // self.factor) * samples
+        return {"tile": sum(weights.values()) + max(unet, self.vae_memory(oh, ow)),
+                "canvas": 3 * oh * ow * channels * 4}
+
+    def weight_bytes(self) -> tuple[dict[str, int], int]:
+        """({module: bytes of its weights as loaded}, activation bytes per latent pixel of one UNet sample),
+        known without loading: the UNet, text encoders and ControlNet in the run's precision, the VAE
+        in float32. Activations measured on the CPU (tests/benchmarks/bench_diffusion_models.py, 2026-12-02:
+        61 KB SD 1.5, 79 KB with a ControlNet, 54 KB SDXL at 512 px tiles), taken with a 1.5x margin."""
+        from ..diffusion.footprint import model_kind, parameter_counts
+
+        c = self.config
+        key = (c.model, getattr(c, "controlnet", ""), self.runtime.precision, self.runtime.device)
+        cached = getattr(self, "_weights", None)
+        if cached is None or cached[0] != key:
+            half = self.runtime.precision in ("fp16", "bf16") or (
+                self.runtime.precision == "auto" and self.runtime.device.startswith("cuda"))
+            counts = parameter_counts(c.model, key[1])
+            sizes = {k: n * (4 if k == "vae" or not half else 2) for k, n in counts.items()}
+            per = {"sd": 92, "sdxl": 81}[model_kind(c.model)] * 1024 + (27 * 1024 if key[1] else 0)
+            self._weights = cached = (key, sizes, per if not half else per // 2)
+        return cached[1], cached[2]
 
     def vae_memory(self, height: int, width: int) -> int:
         """Bytes the tiled VAE holds to decode (or encode) a ``height`` x ``width`` image at this stage's
