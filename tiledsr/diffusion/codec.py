@@ -1,6 +1,7 @@
 """Pixels <-> latents with one VAE, tiled; and the latent canvas handed between diffusion stages."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -54,12 +55,14 @@ class LatentCodec:
     """Tiled VAE encode/decode of float images (H, W, C) in [0, 1] on the CPU.
 
     Alpha is split off before encoding and resized onto the decoded image; greyscale
-    runs as RGB and comes back as one channel. ``tiling`` is in pixels.
+    runs as RGB and comes back as one channel. ``tiling`` is in pixels; ``phase()``: a context
+    the VAE runs in (the stage's offload phase that brings it to the device).
     """
 
-    def __init__(self, vae: Any, tiling: Tiling):
+    def __init__(self, vae: Any, tiling: Tiling, phase: Callable[[], Any] | None = None):
         self.vae = vae
         self.tiling = tiling
+        self.phase = phase or contextlib.nullcontext  # a context the VAE runs in (its offload phase)
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.space = f"{vae.config.latent_channels}ch@{vae.config.scaling_factor:g}"
 
@@ -83,7 +86,8 @@ class LatentCodec:
         padded = np.pad(rgb, ((0, _pad(h, f)), (0, _pad(w, f)), (0, 0)), mode="reflect" if min(h, w) > f else "edge")
         pixels = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None] * 2 - 1
         t = self.tiling
-        lat = tiled_encode(self.vae, pixels, tile=t.tile, overlap=t.overlap, blend=t.blend, progress=report)
+        with self.phase():
+            lat = tiled_encode(self.vae, pixels, tile=t.tile, overlap=t.overlap, blend=t.blend, progress=report)
         return Latents(lat, self, (h, w), alpha, grey, image)
 
     def decode(self, latents: Latents, report: Callable[[int, int], None]) -> np.ndarray:
@@ -92,8 +96,9 @@ class LatentCodec:
 
         t = self.tiling
         sf = self.vae.config.scaling_factor
-        pixels = tiled_decode(self.vae, latents.tensor / sf, tile=t.tile, overlap=t.overlap, blend=t.blend,
-                              progress=report)
+        with self.phase():
+            pixels = tiled_decode(self.vae, latents.tensor / sf, tile=t.tile, overlap=t.overlap, blend=t.blend,
+                                  progress=report)
         h, w = latents.size
         rgb = ((pixels[0].float().cpu().numpy().transpose(1, 2, 0)[:h, :w] + 1) / 2).clip(0, 1)
         out = rgb.mean(axis=2, keepdims=True) if latents.grey else rgb

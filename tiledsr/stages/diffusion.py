@@ -1,9 +1,11 @@
 """What the diffusion stages share: model loading, the VAE codec, tiles in latent units."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..diffusion.lowvram import AttentionSlicing, LowVram, Offload
 from ..tiling import TileGrid, make_grid
 from .base import Stage, StageTiling
 
@@ -21,15 +23,27 @@ Scheduler = Literal["default", "ddim", "euler", "euler-ancestral", "dpm++"]
 
 @dataclass(frozen=True)
 class DiffusionConfig(StageTiling):
-    """Options every diffusion stage has: ``model`` (hub id or local diffusers folder), prompts, steps, guidance."""
+    """Options every diffusion stage has: ``model`` (hub id or local diffusers folder), prompts, steps, guidance,
+    and the low-VRAM switches (see :mod:`tiledsr.diffusion.lowvram`): ``attention_slicing`` ("off", "auto",
+    "max" or heads per call), ``vae_slicing``, ``offload`` ("none", "model", "sequential")."""
 
     model: str = ""
     prompt: str = ""
     negative_prompt: str = ""
     steps: int = 20
     guidance: float = 7.5
+    attention_slicing: AttentionSlicing = "off"
+    vae_slicing: bool = False
+    offload: Offload = "none"
+
+    @property
+    def low_vram(self) -> LowVram:
+        return LowVram(self.attention_slicing, self.vae_slicing, self.offload)
 
     def check(self) -> str | None:
+        problem = self.low_vram.check()
+        if problem:
+            return problem
         if not self.model:
             return "model: give a hub id or a local diffusers folder"
         if not 1 <= self.steps <= 1000:
@@ -55,16 +69,57 @@ class DiffusionStage(Stage):
             return [f"stage {self.type} needs the diffusion extra: pip install 'tiledsr[diffusion]'"]
 
     def load(self) -> None:
-        """Load the components, the VAE codec, and the prompt embeddings (computed once per run)."""
-        from ..diffusion import text
+        """Load the components (:meth:`load_models`), set the low-VRAM switches and encode the prompt
+        (:meth:`switch_on`). With CPU offload the models are loaded on the CPU in the device's
+        precision and moved to the device phase by phase (:meth:`phase`)."""
+        self.load_models()
+        self.switch_on()
+
+    def load_models(self) -> None:
+        """The components and the VAE codec; stages with more models (a ControlNet) add them to
+        :attr:`extra_modules` here."""
         from ..diffusion.codec import LatentCodec
         from ..diffusion.components import load_components
 
         c = self.config
-        self.components = comp = load_components(c.model, self.runtime.device, self.runtime.precision)
-        self.codec = LatentCodec(comp.vae, self.tiling)
+        self.components = comp = load_components(c.model, self.storage_device(), self.load_precision())
+        self.codec = LatentCodec(comp.vae, self.tiling, phase=lambda: self.phase("vae"))
         self.factor = self.codec.factor
         self.unet_multiple = 2 ** (len(comp.unet.config.down_block_types) - 1)
+        self.offloader = None
+        self.extra_modules: dict[str, Any] = {}
+
+    def storage_device(self) -> str:
+        """Where the weights live: the CPU under offload, else the run's device."""
+        return "cpu" if self.config.offload != "none" else self.runtime.device
+
+    def load_precision(self) -> str:
+        """The run's precision resolved for its device ("auto": fp16 on CUDA, even when stored on the CPU)."""
+        p, device = self.runtime.precision, self.runtime.device
+        return ("fp16" if device.startswith("cuda") else "fp32") if p == "auto" else p
+
+    def switch_on(self) -> None:
+        """Apply the low-VRAM switches to the components and :attr:`extra_modules` (a ControlNet), then
+        encode the prompt (in the text phase)."""
+        from ..diffusion import lowvram
+
+        comp = self.components
+        modules = {n: getattr(comp, n) for n in ("unet", "text_encoder", "text_encoder_2", "vae")}
+        self.offloader = lowvram.apply({**modules, **self.extra_modules}, self.config.low_vram, self.runtime.device)
+        with self.phase("text"):
+            self.encode_prompt()
+
+    def phase(self, name: str):
+        """Context in which phase ``name`` ("text", "denoise", "vae") runs: its models on the device
+        under model offload; a no-op otherwise."""
+        off = getattr(self, "offloader", None)
+        return off.phase(name) if off is not None else contextlib.nullcontext()
+
+    def encode_prompt(self) -> None:
+        """The prompt embeddings for this model kind, once per run."""
+        from ..diffusion import text
+
+        c, comp = self.config, self.components
         if comp.kind == "sdxl":
             if self.prompt_kind != "sd":
                 from ..errors import InputError
@@ -114,7 +169,7 @@ class DiffusionStage(Stage):
         weights, per_pixel = self.weight_bytes()
         samples = self.tiling.batch * (2 if self.config.guidance > 1 else 1)  # classifier-free guidance doubles
         unet = per_pixel * (g.tile_h // self.factor) * (g.tile_w // self.factor) * samples
-        return {"tile": sum(weights.values()) + max(unet, self.vae_memory(oh, ow)),
+        return {"tile": self.resident_weights() + max(unet, self.vae_memory(oh, ow)),
                 "canvas": 3 * oh * ow * channels * 4}
 
     def weight_bytes(self) -> tuple[dict[str, int], int]:
@@ -135,6 +190,13 @@ class DiffusionStage(Stage):
             per = {"sd": 92, "sdxl": 81}[model_kind(c.model)] * 1024 + (27 * 1024 if key[1] else 0)
             self._weights = cached = (key, sizes, per if not half else per // 2)
         return cached[1], cached[2]
+
+    def resident_weights(self) -> int:
+        """Bytes of weights on the run's device at once under the low-VRAM switches (all of them on the
+        CPU; the heaviest phase with model offload; about one layer with sequential offload)."""
+        from ..diffusion.lowvram import memory_effect
+
+        return memory_effect(self.config.low_vram, {}, self.weight_bytes()[0], device=self.runtime.device)["weights"]
 
     def vae_memory(self, height: int, width: int) -> int:
         """Bytes the tiled VAE holds to decode (or encode) a ``height`` x ``width`` image at this stage's

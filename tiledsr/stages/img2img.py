@@ -85,17 +85,18 @@ class Img2ImgStage(DiffusionStage):
                 missing.append(controlnet_missing(name))
         return missing
 
-    def load(self) -> None:
-        """The model's components and prompt embeddings, and the ControlNet (checked against the model)."""
-        super().load()
+    def load_models(self) -> None:
+        """The model's components, and the ControlNet (checked against the model)."""
+        super().load_models()
         self.controlnet = None
         self.tile_state: dict = {}  # run-time facts the tile function needs: the picture's size
         if self.config.controlnet:
             from ..diffusion.components import load_controlnet
             from ..diffusion.conditioning import check_controlnet
 
-            self.controlnet = load_controlnet(self.config.controlnet, self.runtime.device, self.runtime.precision)
+            self.controlnet = load_controlnet(self.config.controlnet, self.storage_device(), self.load_precision())
             check_controlnet(self.controlnet, self.components.unet)
+            self.extra_modules["controlnet"] = self.controlnet
 
     def _control(self, pixels: np.ndarray | None, canvas: tuple[int, int]):
         """The TileControl over a latent ``canvas`` (h, w) from the stage's input ``pixels`` (H, W, C) in
@@ -125,10 +126,11 @@ class Img2ImgStage(DiffusionStage):
         tiling = self.latent_tiling()
         if whole:  # one tile covering this (already tiled) canvas
             tiling["tile"] = max(init.shape[-2:])
-        return img2img_latents(comp.unet, self.scheduler(), init.to(comp.device), self.embeds, steps=c.steps,
-                               strength=c.strength, guidance=c.guidance, seed=seed, progress=progress,
-                               checkpoint=checkpoint, on_backoff=on_backoff, control=control,
-                               time_ids=self.time_ids() if time_ids is None else time_ids, **tiling)
+        with self.phase("denoise"):
+            return img2img_latents(comp.unet, self.scheduler(), init.to(comp.device), self.embeds, steps=c.steps,
+                                   strength=c.strength, guidance=c.guidance, seed=seed, progress=progress,
+                                   checkpoint=checkpoint, on_backoff=on_backoff, control=control,
+                                   time_ids=self.time_ids() if time_ids is None else time_ids, **tiling)
 
     def run(self, data, report, source=None, checkpoint=None):
         """Fused: Latents -> Latents (``checkpoint``: a StepState kept after every step); independent:
@@ -167,12 +169,14 @@ class Img2ImgStage(DiffusionStage):
         for tile_img, (y, x) in zip(batch, starts):
             px = torch.from_numpy(np.ascontiguousarray(tile_img[:, :, :3].transpose(2, 0, 1)))[None] * 2 - 1
             big = max(px.shape[-2:])
-            lat = tiled_encode(vae, px, tile=big, overlap=0)
+            with self.phase("vae"):
+                lat = tiled_encode(vae, px, tile=big, overlap=0)
             seed = self.seed * 1_000_003 + y * 65_537 + x  # keyed to canvas position, not order
             time_ids = self.time_ids(tuple(picture) if picture else None, (y, x))
             lat = self._denoise(lat, seed, whole=True, control=self._control(tile_img, tuple(lat.shape[-2:])),
                                 time_ids=time_ids)
-            pix = tiled_decode(vae, lat / sf, tile=big * 1, overlap=0)
+            with self.phase("vae"):
+                pix = tiled_decode(vae, lat / sf, tile=big * 1, overlap=0)
             outs.append(((pix[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1))
         return np.stack(outs)
 

@@ -46,7 +46,8 @@ class LatentX2Stage(DiffusionStage):
 
         c, comp = self.config, self.components
         low, (h, w) = pad_latents(latents.tensor.to(comp.device), self.unet_multiple)
-        out = upscale_latents(comp.unet, self.scheduler(), low, self.embeds,
-                              steps=c.steps, guidance=c.guidance, noise_level=c.noise_level, seed=self.seed,
-                              progress=self.step_report(report), **self.latent_tiling())
+        with self.phase("denoise"):
+            out = upscale_latents(comp.unet, self.scheduler(), low, self.embeds,
+                                  steps=c.steps, guidance=c.guidance, noise_level=c.noise_level, seed=self.seed,
+                                  progress=self.step_report(report), **self.latent_tiling())
         return latents.scaled(out[..., :2 * h, :2 * w].contiguous(), 2)

@@ -65,10 +65,11 @@ class SDX4Stage(DiffusionStage):
             raise InputError(f"sd-x4 needs an input of at least {n} px per side, got {w}x{h}")
         rgb, alpha, grey = split_planes(image)
         pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None] * 2 - 1
-        lat = upscale_x4_latents(comp.unet, self.scheduler(), comp.low_res_scheduler, pixels, self.embeds,
-                                 latent_channels=comp.vae.config.latent_channels, steps=c.steps,
-                                 guidance=c.guidance, noise_level=c.noise_level, seed=self.seed,
-                                 progress=self.step_report(report), **self.latent_tiling())
+        with self.phase("denoise"):
+            lat = upscale_x4_latents(comp.unet, self.scheduler(), comp.low_res_scheduler, pixels, self.embeds,
+                                     latent_channels=comp.vae.config.latent_channels, steps=c.steps,
+                                     guidance=c.guidance, noise_level=c.noise_level, seed=self.seed,
+                                     progress=self.step_report(report), **self.latent_tiling())
         return Latents(lat.float(), self.codec, (4 * h, 4 * w), alpha, grey)
 
 

@@ -63,7 +63,9 @@ class Txt2ImgStage(DiffusionStage):
         if problem:
             raise InputError(f"txt2img: {problem}")
         f = self.factor
-        lat = txt2img_latents(comp.unet, self.scheduler(), c.height // f, c.width // f, self.embeds, steps=c.steps,
-                              guidance=c.guidance, seed=self.seed, progress=self.step_report(report),
-                              time_ids=self.time_ids(), **self.latent_tiling())
+        with self.phase("denoise"):
+            lat = txt2img_latents(comp.unet, self.scheduler(), c.height // f, c.width // f, self.embeds,
+                                  steps=c.steps, guidance=c.guidance, seed=self.seed,
+                                  progress=self.step_report(report), time_ids=self.time_ids(),
+                                  **self.latent_tiling())
         return Latents(lat, self.codec, (c.height, c.width))
