@@ -10,3 +10,16 @@ def photo(tmp_path):
     p = tmp_path / "photo.png"
     Image.fromarray(data.chelsea()[100:148, 200:264]).save(p)
     return p
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny models make many small calls, and one thread avoids
+    OpenMP spin-waiting on a shared machine (measured 150 s -> 1 s for one test under load 6 on
+    2 cores). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -33,14 +33,7 @@ def up(tmp_path_factory):
     return load_components(build_tiny_latent_upscaler(tmp_path_factory.mktemp("tiny-x2")))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models make many small calls: one thread avoids OpenMP spin-waiting on a shared machine
-    (measured 150 s -> 1 s for one test under load 6 on 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def gen(seed):

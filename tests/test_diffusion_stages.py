@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 from tiledsr.cli import main  # noqa: E402
 from tiledsr.io import read_image, write_image  # noqa: E402
 
-from tiny_models import build_tiny_latent_upscaler, build_tiny_sd, build_tiny_x4_upscaler, load_components  # noqa: E402
+from tiny_models import build_tiny_latent_upscaler, build_tiny_sd, build_tiny_x4_upscaler, as_8bit, load_components, mode_latents  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +47,6 @@ def preset(tmp_path, text, name="p.yaml"):
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
-
-
-def mode_latents(vae, image):
-    px = torch.from_numpy(image.transpose(2, 0, 1))[None] * 2 - 1
-    with torch.no_grad():
-        return vae.encode(px).latent_dist.mode() * vae.config.scaling_factor
-
-
-def as_8bit(ref):
-    return np.rint(np.clip(ref, 0, 1) * 255)
 
 
 def test_latent_x2_one_tile_equals_diffusers(tmp_path, capsys, x2):

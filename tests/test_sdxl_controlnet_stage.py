@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 from tiledsr.cli import main  # noqa: E402
 from tiledsr.io import read_image, write_image  # noqa: E402
 
-from tiny_models import build_tiny_controlnet, build_tiny_sd, build_tiny_sdxl, load_components  # noqa: E402
+from tiny_models import build_tiny_controlnet, build_tiny_sd, build_tiny_sdxl, as_8bit, load_components, mode_latents  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +21,7 @@ def models(tmp_path_factory):
             "cnxl": build_tiny_controlnet(root / "cnxl", xl)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def photo(tmp_path, h=64, w=64, name="in.png", alpha=False):
@@ -50,16 +45,6 @@ def preset(tmp_path, stage: str, tile=4096, overlap=64, name="p.yaml"):
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
-
-
-def mode_latents(vae, image):
-    px = torch.from_numpy(image.transpose(2, 0, 1))[None] * 2 - 1
-    with torch.no_grad():
-        return vae.encode(px).latent_dist.mode() * vae.config.scaling_factor
-
-
-def as_8bit(ref):
-    return np.rint(np.clip(ref, 0, 1) * 255)
 
 
 def upscale(capsys, tmp_path, src, p, name="out.png", *extra):

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["autoencoder", "build_tiny_controlnet", "build_tiny_latent_upscaler", "build_tiny_sd", "build_tiny_sdxl",
-           "build_tiny_x4_upscaler", "latent_upscaler_unet", "load_components", "sdxl_unet"]
+           "build_tiny_x4_upscaler", "as_8bit", "latent_upscaler_unet", "load_components", "mode_latents",
+           "sdxl_unet"]
 
 MAX_TOKENS = 16  # CLIP max_position_embeddings of the tiny text encoder
 
@@ -208,6 +209,21 @@ def build_tiny_x4_upscaler(root: str | Path) -> Path:
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02).save_pretrained(
         root / "low_res_scheduler")
     return root
+
+
+def mode_latents(vae, image):
+    """(H, W, 3) float image in [0, 1] -> its VAE latents (1, 4, H/8, W/8): the mode of the latent
+    distribution times the scaling factor, what tiledsr's one-tile encode gives a pipeline."""
+    px = torch.from_numpy(image.transpose(2, 0, 1))[None] * 2 - 1
+    with torch.no_grad():
+        return vae.encode(px).latent_dist.mode() * vae.config.scaling_factor
+
+
+def as_8bit(ref):
+    """A float image in [0, 1] as the 8-bit levels a PNG of it holds (0..255, float)."""
+    import numpy as np
+
+    return np.rint(np.clip(ref, 0, 1) * 255)
 
 
 def load_components(root: str | Path, scheduler_cls=None) -> dict:

@@ -30,16 +30,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for tiny_models
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its siblings
+
+from bench_diffusion import _status_kib, gib  # noqa: E402
 
 CASES = ("sd", "sd+cn", "sdxl", "sdxl+cn")
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def build(case: str, device: str):
@@ -126,10 +121,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
 
 
 def main() -> None:

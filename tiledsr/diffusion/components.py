@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import InputError, ModelNotAvailable
 
 __all__ = ["Components", "controlnet_available", "controlnet_missing", "is_available", "load_components", "load_controlnet",
-           "missing_message", "torch_dtype"]
+           "missing_message", "offline_file", "torch_dtype"]
 
 _PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _CACHE: dict[tuple, "Components"] = {}
@@ -60,7 +60,7 @@ def _is_hub_id(model: str) -> bool:
     return not Path(model).exists() and model.count("/") == 1 and not model.startswith((".", "/", "~"))
 
 
-def _offline_file(model: str, name: str) -> str | None:
+def offline_file(model: str, name: str) -> str | None:
     """Path of ``name`` inside the local folder or cached hub repository ``model``, or None (no download)."""
     path = Path(model).expanduser()
     if path.is_dir():
@@ -75,12 +75,12 @@ def _offline_file(model: str, name: str) -> str | None:
 
 def is_available(model: str) -> bool:
     """True if ``model`` is a local folder with a ``unet/`` subfolder, or a cached hub id (no download)."""
-    return _offline_file(model, "unet/config.json") is not None
+    return offline_file(model, "unet/config.json") is not None
 
 
 def controlnet_available(name: str) -> bool:
     """True if ``name`` is a local ControlNet folder (``config.json`` at its top) or a cached hub id."""
-    return _offline_file(name, "config.json") is not None
+    return offline_file(name, "config.json") is not None
 
 
 def controlnet_missing(name: str, why: str = "not a local folder and not in the Hugging Face cache") -> str:
@@ -174,7 +174,7 @@ def _flags(model: str) -> dict:
     """The pipeline flags of ``model``'s model_index.json ({} when there is none)."""
     import json
 
-    path = _offline_file(model, "model_index.json")
+    path = offline_file(model, "model_index.json")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8")) if path else {}
     except (OSError, ValueError):
@@ -194,8 +194,8 @@ def _load_parts(source: str, dtype) -> dict[str, Any]:
         low_res_scheduler = _load_scheduler(source, "low_res_scheduler")
     except OSError:  # only the x4 upscaler has one
         low_res_scheduler = None
-    sdxl = _offline_file(source, "text_encoder_2/config.json") is not None
-    first = _offline_file(source, "text_encoder/config.json") is not None or not sdxl  # a refiner has none
+    sdxl = offline_file(source, "text_encoder_2/config.json") is not None
+    first = offline_file(source, "text_encoder/config.json") is not None or not sdxl  # a refiner has none
     return {
         "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **offline),
         # The VAE always runs in float32: SD's and SDXL's VAEs overflow in float16 (force_upcast).

@@ -23,16 +23,13 @@ PUBLISHED = {
 
 def _folder(model: str, sub: str) -> Path | None:
     """The folder holding ``sub``/config.json of ``model`` (local or cached), or None."""
-    local = Path(model).expanduser()
-    if local.is_dir():
-        return local / sub if (local / sub / "config.json").is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from .components import offline_file
 
-        hit = try_to_load_from_cache(model, f"{sub}/config.json" if sub else "config.json")
-    except Exception:  # no huggingface_hub, or not a hub id
+    try:
+        hit = offline_file(model, f"{sub}/config.json" if sub else "config.json")
+    except Exception:  # no huggingface_hub, or an id it refuses: nothing found
         return None
-    return Path(hit).parent if isinstance(hit, str) else None
+    return Path(hit).parent if hit else None
 
 
 def _config(model: str, sub: str) -> dict | None:

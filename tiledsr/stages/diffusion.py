@@ -183,8 +183,7 @@ class DiffusionStage(Stage):
         key = (c.model, getattr(c, "controlnet", ""), self.runtime.precision, self.runtime.device)
         cached = getattr(self, "_weights", None)
         if cached is None or cached[0] != key:
-            half = self.runtime.precision in ("fp16", "bf16") or (
-                self.runtime.precision == "auto" and self.runtime.device.startswith("cuda"))
+            half = self.load_precision() in ("fp16", "bf16")
             counts = parameter_counts(c.model, key[1])
             sizes = {k: n * (4 if k == "vae" or not half else 2) for k, n in counts.items()}
             per = {"sd": 92, "sdxl": 81}[model_kind(c.model)] * 1024 + (27 * 1024 if key[1] else 0)
