@@ -46,6 +46,11 @@ def upscale(src: Any, dst: str | Path | None = None, *, preset: str = "photo-x4"
     (``address``, default a local one). ``progress`` gets :class:`~tiledsr.ProgressEvent`\\ s
     (``start``, stages, tiles, ``done``); returning False cancels. What could not be kept
     (metadata dropped on reading or writing) is reported with ``warnings.warn``.
+
+    A returned PIL image carries the run's seam scores in ``image.info["tiledsr_seams"]``: a list
+    with a dict per stage measured (``stage``, ``stage_index``, ``worst``, ``median``, ``count``;
+    ``repaired``, ``worst_before``, ``median_before`` for ``seamfix``), as in the ``done`` event's
+    ``seams`` (see :mod:`tiledsr.seams`; not written into the file).
     """
     if size is not None:
         if width is not None or height is not None:
@@ -125,7 +130,7 @@ def _file_to_file(pipe: Pipeline, src: str, dst: str, events: _Events, *, overwr
 
         write_compare(src, dst, str(compare), overwrite=overwrite, max_pixels=limit,
                       label=f"tiledsr {pipe.preset.name}")
-    return _opened(dst)
+    return _with_seams(_opened(dst), pipe)
 
 
 def _check_paths(job, compare, preview, overwrite: bool) -> None:
@@ -143,6 +148,7 @@ def _in_memory(pipe: Pipeline, src: Any, dst, events: _Events, overwrite: bool, 
                max_pixels: int | None) -> Any:
     """An image (or a file read by rows) to a returned image, or to ``dst`` (a path or "-")."""
     from . import io as tio
+    from .seams import as_dicts
     from .tiling.store import RowsStore, collect
 
     info, image = None, None
@@ -173,13 +179,13 @@ def _in_memory(pipe: Pipeline, src: Any, dst, events: _Events, overwrite: bool, 
                                      exif=info.exif if info else None,
                                      dpi=pipe.print_dpi() or (info.dpi if info else None), overwrite=overwrite,
                                      inputs=inputs)
-        events("done", input=name, output=None if dst is None else str(dst))
+        events("done", input=name, output=None if dst is None else str(dst), seams=as_dicts(pipe.seams))
     finally:
         if info is not None:
             image.close()
     for note in notes:  # metadata dropped, 16 bits or alpha the format cannot hold
         warnings.warn(f"tiledsr: {note}", stacklevel=3)
-    return _opened(dst) if dst is not None else to_pil(out, depth)
+    return _with_seams(_opened(dst) if dst is not None else to_pil(out, depth), pipe)
 
 
 class _engine:
@@ -198,6 +204,20 @@ class _engine:
 
     def __exit__(self, *exc):
         return self._cm.__exit__(*exc) if self._cm is not None else False
+
+
+SEAMS_KEY = "tiledsr_seams"  # the PIL image's info key of the run's seam scores
+
+
+def _with_seams(image: Any, pipe: Pipeline) -> Any:
+    """``image`` (a PIL image or None) with the run's seam scores in ``info["tiledsr_seams"]``."""
+    from .seams import as_dicts
+
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        image.info[SEAMS_KEY] = as_dicts(pipe.seams)
+    return image
 
 
 def _opened(dst) -> Any:

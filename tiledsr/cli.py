@@ -401,7 +401,9 @@ def _generate(args, pipe, console: Console) -> int:
 
     for note in console.interruptible(run):
         console.warn(note)
-    console.emit("done", output=args.output)
+    from .seams import as_dicts
+
+    console.emit("done", output=args.output, seams=as_dicts(pipe.seams))  # with the seam report
     return 0
 
 

@@ -34,17 +34,19 @@ def run_job(pipe: Any, job: Any, options: RunOptions, emit: Emit, warn: Callable
             call: Callable[[Callable[[], Any]], Any] = lambda fn: fn(),
             resumable: Callable[[bool], None] = lambda flag: None) -> None:
     """Run ``job`` (a :class:`~tiledsr.batch.Job`) through the loaded ``pipe``: ``start``,
-    stage and tile events, ``done``. ``call(fn)`` runs the work (the CLI runs it in an
-    interruptible worker thread); ``resumable(True)`` is called while a work directory holds the
-    image's finished work. Raises what the run raises; the work directory is removed on success
+    stage and tile events, ``done`` (with the run's ``seams``, :attr:`Pipeline.seams` as dicts).
+    ``call(fn)`` runs the work (the CLI runs it in an interruptible worker thread);
+    ``resumable(True)`` is called while a work directory holds the image's finished work. Raises what the run raises; the work directory is removed on success
     and on errors that would recur (exit codes 2, 3 and 4)."""
     emit("start", input=job.src, output=job.dst)
     for line in job.notes:
         warn(f"{job.src}: {line}")
+    from .seams import as_dicts
+
     notes, info = _upscale(pipe, job, options, emit, warn, call, resumable)
     for note in (*info.notes, *notes):
         warn(f"{job.src}: {note}")
-    emit("done", input=job.src, output=job.dst)
+    emit("done", input=job.src, output=job.dst, seams=as_dicts(pipe.seams))
 
 
 def _upscale(pipe, job, options: RunOptions, emit: Emit, warn, call, resumable):

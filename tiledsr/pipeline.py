@@ -146,6 +146,15 @@ class Pipeline:
     fit (default: 60% of the memory available now). ``print_size``: ``"24x36in@300"`` (or a
     :class:`~tiledsr.printsize.PrintSize`) sets the final size from the print, following the
     image's orientation.
+
+    An ``img2img`` stage with ``seamfix: T`` (> 0) is followed by a ``seamfix`` stage with
+    threshold T that re-renders its worst seams with the same model at low strength; it is one
+    more stage of :attr:`stages`, of ``plan()`` and of the progress events.
+
+    ``seams``: the seam scores of the last run (:mod:`tiledsr.seams`), a
+    :class:`~tiledsr.seams.SeamReport` per stage measured (tiled stages, measured on their output as
+    it streams, latent ones on the decoded pixels; ``seamfix`` stages with how many seams they
+    repaired and the scores before), in stage order; filled in as the stages finish, [] before.
     """
 
     def __init__(self, stages: Sequence[Mapping[str, Any]] | Preset, *, device: str | None = None,
@@ -168,9 +177,9 @@ class Pipeline:
         self._device = device or preset.device
         self.runtime = Runtime(self._device, precision or preset.precision,
                                preset.seed if seed is None else seed, threads, scratch_dir)
-        self.stages: list[Stage] = [
-            stage_class(s.type)(s.config, s.tiling, self.runtime) for s in preset.stages
-        ]
+        self.stages: list[Stage] = _with_seamfix(
+            [stage_class(s.type)(s.config, s.tiling, self.runtime) for s in preset.stages])
+        self.seams: list = []
         self._loaded = False
 
     @classmethod
@@ -330,10 +339,12 @@ class Pipeline:
         """
         from .tiling.store import collect
 
+        from .seams import as_dicts
+
         rep = Reporter(progress, len(self.stages))
         rep.emit("start")
         out = collect(self.stream(image, progress)[1])
-        rep.emit("done")
+        rep.emit("done", seams=as_dicts(self.seams))
         return out
 
     def output_shape(self, shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
@@ -366,10 +377,11 @@ class Pipeline:
         h, w, c = store.shape if store is not None else (0, 0, 3)
         self.plan((w, h), c, on_disk=work is not None)  # tiles and batches fitted to the budget
         chain = self._chain(h, w)
-        return shape, self._bands(store, chain, progress, work)
+        self.seams = []
+        return shape, self._bands(store, chain, progress, work, _SeamBook(self.seams, store))
 
-    def _bands(self, source, chain: list[Stage], progress, work) -> Iterator[np.ndarray]:
-        """Each stage in order, the last one's bands handed on as they come."""
+    def _bands(self, source, chain: list[Stage], progress, work, book: "_SeamBook") -> Iterator[np.ndarray]:
+        """Each stage in order, the last one's bands handed on as they come; seam scores into ``book``."""
         import tempfile
 
         from .stages.base import StageReport
@@ -382,40 +394,57 @@ class Pipeline:
         try:
             for i, st in enumerate(chain):
                 last = i == len(chain) - 1
+                held = any(getattr(later, "repairs_seams", False) for later in chain[i + 1:])
                 kept = self._kept(work, i, st, last)
                 if kept is not None:
-                    data = kept
-                    if last and work is not None:
-                        yield from work_bands(work, i, kept.shape, iter(()), kept.shape[0])
+                    # 1. Finished by an earlier run: its seams measured again from what was kept.
+                    before, data = data, kept
+                    if last and work is not None and hasattr(kept, "read"):
+                        bands = work_bands(work, i, kept.shape, iter(()), kept.shape[0])
+                        yield from book.kept(i, st, before, kept, bands)
                         return
+                    book.kept(i, st, before, kept)
                     continue
-                data = self._convert(data, st, rep, i)
+                book.saw(data)
+                data = self._convert(data, st, rep, i, book)
                 report = StageReport(rep.tile, rep.note)
                 if st.consumes == "pixels" and st.produces == "pixels":
+                    # 2. A pixel stage, streamed band by band into the next stage's store (or handed on).
                     h, w, c = data.shape
                     shape = (*st.output_size(h, w), c)
                     grid = st.grid(h, w)
                     start = work.rows(i) if work is not None else 0
                     rep.stage(st.type, i, len(grid) if grid is not None else 1)
-                    bands = _guarded(st.stream(data, report, source, start), st, i, (h, w))
+                    job = book.job(i, data) if getattr(st, "repairs_seams", False) else None
+                    extra = {"seams": job} if getattr(st, "repairs_seams", False) else {}
+                    meter = book.meter(st, grid, shape, data, job)
+                    out = None if last else (work.store(i, shape) if work is not None else new_store(shape, in_ram,
+                                                                                                    folder))
+                    if meter is not None and start:
+                        book.prefeed(meter, out if out is not None else work.store(i, shape, final=True), start)
+                    bands = _guarded(st.stream(data, report, source, start, **extra), st, i, (h, w))
+                    bands = meter.watch(bands) if meter is not None else bands
                     if last:
                         yield from (work_bands(work, i, shape, bands, start) if work is not None else bands)
+                        book.record(i, st, meter, data, job)
                         return
-                    out = work.store(i, shape) if work is not None else new_store(shape, in_ram, folder)
                     temps.append(out)
                     fill(out, bands, start, (lambda r, i=i, out=out: work.advance(i, out, r)) if work else None)
                     if work is not None:
                         work.finish(i, out, shape[0])
-                    if data in temps:  # the previous intermediate is read no more
+                    book.record(i, st, meter, data, job)
+                    if data in temps and not held:  # the previous intermediate is read no more
                         temps.remove(data)
                         data.close()
                 else:
+                    # 3. A whole-image stage (latents in or out); latents are measured once decoded.
                     size = _size_of(data)
                     grid = st.grid(*size) if size is not None else None
                     rep.stage(st.type, i, len(grid) if grid is not None else 1)
                     arg = data.read(0, data.shape[0]) if hasattr(data, "read") else data
                     steps = work.steps(i) if work is not None and _fused(st) else None
                     out = _run_stage(st, i, arg, report, _array(source), steps)
+                    book.produced(i, st, grid, out)
                     if isinstance(out, np.ndarray):
                         out = ArrayStore(out)
                     elif work is not None:
@@ -428,8 +457,8 @@ class Pipeline:
                         kept_store.write(0, out.array)
                         work.finish(i, kept_store, out.shape[0])
                 data = out
-            # 3. Back to pixels.
-            pixels = self._to_pixels(data, rep, len(chain) - 1)
+            # 4. Back to pixels.
+            pixels = self._to_pixels(data, rep, len(chain) - 1, book)
             if work is not None:
                 yield from work_bands(work, len(chain), pixels.shape, iter([pixels]), 0)
             else:
@@ -458,7 +487,7 @@ class Pipeline:
 
         return default_budget(self.runtime.device)
 
-    def _convert(self, data, st: Stage, rep: Reporter, index: int):
+    def _convert(self, data, st: Stage, rep: Reporter, index: int, book: "_SeamBook"):
         """Hand ``data`` to ``st`` in the form it consumes (tiled VAE encode/decode if needed)."""
         from .tiling.store import ArrayStore
 
@@ -467,34 +496,193 @@ class Pipeline:
         if st.consumes == "pixels":
             if hasattr(data, "read"):
                 return data
-            return ArrayStore(self._to_pixels(data, rep, index))
+            return ArrayStore(self._to_pixels(data, rep, index, book))
         from .diffusion.codec import Latents
 
         if isinstance(data, Latents) and data.codec.space == st.codec.space:
             return data
-        pixels = self._to_pixels(data, rep, index)
+        pixels = self._to_pixels(data, rep, index, book)
         rep.stage("encode", index, len(st.codec.grid(*pixels.shape[:2])))
         return st.codec.encode(pixels, rep.tile)
 
     @staticmethod
-    def _to_pixels(data, rep: Reporter, index: int) -> np.ndarray:
+    def _to_pixels(data, rep: Reporter, index: int, book: "_SeamBook | None" = None) -> np.ndarray:
         if isinstance(data, np.ndarray):
             return data
         if hasattr(data, "read"):
             return data.read(0, data.shape[0])
         rep.stage("decode", index, len(data.codec.grid(*data.size)))
-        return data.codec.decode(data, rep.tile)
+        pixels = data.codec.decode(data, rep.tile)
+        if book is not None:
+            book.decoded(pixels)
+        return pixels
 
     def __call__(self, image: Any = None, progress: ProgressCallback | None = None) -> Any:
         """Upscale a PIL image, a numpy (H, W[, C]) array (uint8, uint16 or float in [0, 1]) or a
         torch tensor (C, H, W) / (1, C, H, W) float in [0, 1]; returns the same kind (a PIL
-        image when there is no input because the first stage is a source)."""
+        image when there is no input because the first stage is a source). A PIL result carries
+        :attr:`seams` as dicts in ``info["tiledsr_seams"]``."""
+        from .seams import as_dicts
+
         if image is None:
             from .imageconv import to_pil
 
-            return to_pil(self.run_array(None, progress))
-        array = from_any(image)
-        return to_like(self.run_array(array, progress), image)
+            out = to_pil(self.run_array(None, progress))
+        else:
+            out = to_like(self.run_array(from_any(image), progress), image)
+        from PIL import Image
+
+        if isinstance(out, Image.Image):  # the seam scores as tiledsr.upscale gives them
+            out.info["tiledsr_seams"] = as_dicts(self.seams)
+        return out
+
+
+SEAMFIX_STRENGTH = 0.25  # img2img's own seamfix re-renders at this strength, or the stage's if lower
+
+
+def _with_seamfix(stages: list[Stage]) -> list[Stage]:
+    """``stages`` with a ``seamfix`` stage after every img2img stage whose ``seamfix`` threshold is > 0:
+    the same model, prompts, steps and scheduler, at low strength."""
+    from .stages.seamfix import SeamfixConfig, SeamfixStage
+
+    out = []
+    for st in stages:
+        out.append(st)
+        threshold = getattr(st.config, "seamfix", 0.0) if st.type == "img2img" else 0.0
+        if threshold and threshold > 0:
+            c = st.config
+            strength = min(SEAMFIX_STRENGTH, c.strength)
+            if int(c.steps * strength) < 1:
+                strength = c.strength
+            cfg = SeamfixConfig(threshold=threshold, model=c.model, strength=strength, steps=c.steps, prompt=c.prompt,
+                                negative_prompt=c.negative_prompt, guidance=c.guidance,
+                                scheduler=getattr(c, "scheduler", "default"))
+            out.append(SeamfixStage(cfg, st.tiling, st.runtime))
+    return out
+
+
+class _SeamBook:
+    """The seam scores of one run, stage by stage (into ``reports``: :attr:`Pipeline.seams`), and what
+    a seam-repairing stage is handed (:class:`~tiledsr.seams.SeamJob`).
+
+    A tiled pixel stage is measured on its output bands against its input; a tiled stage with
+    latent output on the pixels its latents are decoded to (the last of a run of latent stages,
+    against the pixels before that run); a ``seamfix`` stage at the seams it was handed, against the
+    same reference, after its repair."""
+
+    def __init__(self, reports: list, source: Any):
+        self.reports = reports
+        self.pixels = _as_store(source)  # the latest pixels seen: a latent run's reference
+        self.last: tuple | None = None  # (index, seams, scores, reference, shape) of the last stage measured
+        self.pending: tuple | None = None  # a latent stage to measure once decoded: (index, type, grid, reference)
+
+    def saw(self, data) -> None:
+        """``data`` is a stage's input: the reference of a latent run when it is pixels."""
+        if isinstance(data, np.ndarray) or hasattr(data, "read"):
+            self.pixels = _as_store(data)
+
+    def meter(self, st: Stage, grid, shape, data, job):
+        """The SeamMeter for a pixel stage's output of ``shape`` (None when there is nothing to measure)."""
+        from .seams import SeamMeter, seam_lines
+
+        if getattr(st, "repairs_seams", False):
+            return SeamMeter(job.seams, shape, job.reference) if job is not None and job.seams else None
+        seams = seam_lines(grid, *shape[:2])
+        return SeamMeter(seams, shape, data) if seams else None
+
+    def job(self, i: int, data):
+        """The seams of the last stage measured, at the size of ``data`` (stage ``i``'s input), with their
+        scores: the ones measured when it is stage i - 1 of the same size, else measured on ``data``."""
+        from .seams import SeamJob, measure_store, rescaled
+
+        if self.last is None:
+            return None
+        j, seams, scores, ref, shape = self.last
+        if tuple(shape[:2]) != tuple(data.shape[:2]):
+            seams, scores = rescaled(seams, shape[:2], data.shape[:2]), None
+        if j != i - 1 or scores is None:
+            scores = [s.score for s in measure_store(data, seams, ref)]
+        return SeamJob(tuple(seams), tuple(scores), ref)
+
+    @staticmethod
+    def prefeed(meter, store, start: int, rows: int = 256) -> None:
+        """Rows an earlier run made (resume), read back from ``store`` into ``meter``."""
+        for y in range(0, start, rows):
+            meter.feed(store.read(y, min(start, y + rows)))
+
+    def record(self, i: int, st: Stage, meter, reference, job=None) -> None:
+        """Stage ``i`` finished: its report."""
+        from .seams import SeamReport, SeamScore
+
+        if getattr(st, "repairs_seams", False):
+            if job is None or meter is None:
+                self.reports.append(SeamReport(st.type, i, (), repaired=0))
+                return
+            after = meter.result()
+            before = tuple(SeamScore(s, v) for s, v in zip(job.seams, job.scores))
+            self.reports.append(SeamReport(st.type, i, after, len(job.repaired), before))
+            self.last = (i, job.seams, [a.score for a in after], job.reference, meter.shape)
+        elif meter is not None:
+            scores = meter.result()
+            self.reports.append(SeamReport(st.type, i, scores))
+            self.last = (i, meter.seams, [a.score for a in scores], reference, meter.shape)
+
+    def produced(self, i: int, st: Stage, grid, out) -> None:
+        """A whole-image stage made ``out``: pixels are measured now, latents once decoded."""
+        self.pending = None if grid is None else (i, st, grid, self.pixels)
+        if isinstance(out, np.ndarray):
+            self.decoded(out)
+
+    def decoded(self, pixels: np.ndarray) -> None:
+        """Latents were decoded to ``pixels``: the stage that made them is measured on them."""
+        from .seams import SeamMeter, seam_lines
+
+        if self.pending is None:
+            return
+        i, st, grid, ref = self.pending
+        self.pending = None
+        seams = seam_lines(grid, *pixels.shape[:2])
+        if seams:
+            meter = SeamMeter(seams, pixels.shape, ref)
+            meter.feed(pixels)
+            self.record(i, st, meter, ref)
+
+    def kept(self, i: int, st: Stage, before, kept, bands=None):
+        """Stage ``i`` was finished by an earlier run (its input ``before``, its output ``kept``): measured
+        again from what was kept; for the last stage, as its kept ``bands`` are handed on (returned)."""
+        from .seams import SeamMeter, seam_lines
+
+        self.saw(before)
+        size = _size_of(before)
+        if not hasattr(kept, "read"):  # latents
+            self.produced(i, st, st.grid(*size) if size is not None else None, kept)
+            return bands if bands is not None else ()
+        job = None
+        if getattr(st, "repairs_seams", False):
+            job = self.job(i, before) if hasattr(before, "read") else None
+            if job is not None:
+                job.repaired = tuple(st.select(job))
+            seams, ref = (job.seams, job.reference) if job is not None else ((), None)
+        else:
+            ref = before if hasattr(before, "read") else None
+            seams = seam_lines(st.grid(*size), *kept.shape[:2]) if size is not None else ()
+        meter = SeamMeter(seams, kept.shape, ref) if seams else None
+        if bands is not None:
+            return self._handed(i, st, meter, ref, job, bands)
+        if meter is not None:
+            self.prefeed(meter, kept, kept.shape[0])
+        self.record(i, st, meter, ref, job)
+        return ()
+
+    def _handed(self, i, st, meter, ref, job, bands):
+        yield from (meter.watch(bands) if meter is not None else bands)
+        self.record(i, st, meter, ref, job)
+
+
+def _as_store(data):
+    from .tiling.store import ArrayStore
+
+    return ArrayStore(data) if isinstance(data, np.ndarray) else data
 
 
 def _rebuild(preset: Preset, settings: dict, explicit_tile: bool) -> Pipeline:

@@ -27,8 +27,11 @@ class ProgressEvent:
     ``stage`` (number ``stage_index`` of ``stages``, from 0); diffusion stages add ``step`` of
     ``steps``), ``backoff`` (out of memory: smaller tiles from now on; ``message``),
     ``preview`` (the live preview at ``preview`` shows the first ``rows`` rows of the output),
-    ``warning`` (``message``), ``done`` (``output`` written), ``error`` (``message``, exit
-    ``code``). ``elapsed`` and ``eta`` are seconds; fields that do not apply are None.
+    ``warning`` (``message``), ``done`` (``output`` written; ``seams``: the seam scores of the
+    run, a list with one dict per stage measured, ``{"stage", "stage_index", "worst", "median",
+    "count"}``, plus ``"repaired"``, ``"worst_before"`` and ``"median_before"`` for a ``seamfix``
+    stage; see :mod:`tiledsr.seams`), ``error`` (``message``, exit ``code``). ``elapsed`` and
+    ``eta`` are seconds; fields that do not apply are None.
     """
 
     event: EventKind
@@ -47,6 +50,7 @@ class ProgressEvent:
     code: Optional[int] = None
     preview: Optional[str] = None
     rows: Optional[int] = None
+    seams: Optional[list] = None
 
     def to_dict(self) -> dict:
         """Plain dict without the fields that are None."""
@@ -131,6 +135,11 @@ class BarRenderer:
             self.close()
             if event.event == "done" and event.output:
                 sys.stderr.write(f"wrote {event.output} ({event.elapsed:.1f} s)\n")
+            if event.event == "done" and event.seams:
+                from .seams import report_line
+
+                for entry in event.seams:  # one plan-style line per stage measured
+                    sys.stderr.write(report_line(entry) + "\n")
 
     def close(self) -> None:
         if self._bar is not None:

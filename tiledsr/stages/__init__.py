@@ -29,6 +29,7 @@ _BUILTIN = {
     "sd-x4": "tiledsr.stages.sd_x4:SDX4Stage",
     "txt2img": "tiledsr.stages.txt2img:Txt2ImgStage",
     "colorfix": "tiledsr.stages.colorfix:ColorfixStage",
+    "seamfix": "tiledsr.stages.seamfix:SeamfixStage",
 }
 ENTRY_POINT_GROUP = "tiledsr.stages"
 
