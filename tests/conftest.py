@@ -1,6 +1,19 @@
 """Fixtures shared by the command-line tests."""
+import os
+import shutil
+import tempfile
+
 import pytest
 from PIL import Image
+
+# The user cache (OpenVINO's converted models) goes to one folder per test session, inherited by
+# the CLI processes the tests start: the tests never write into the home folder.
+_CACHE = tempfile.mkdtemp(prefix="tiledsr-test-cache-")
+os.environ["TILEDSR_CACHE_DIR"] = _CACHE
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

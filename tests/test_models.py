@@ -15,6 +15,7 @@ from tiledsr.errors import InputError, ModelNotAvailable
 from tiledsr.models import known_models, load_sr_model, make_runner
 from tiledsr.models import ncnn_import
 from tiledsr.models.ncnn_import import load_ncnn
+from tiledsr.models.runner import choose_backend
 from tiledsr.models.rrdbnet import RRDBNet
 from tiledsr.models.srvgg import SRVGGNetCompact
 from tiledsr.models.weights import detect_architecture, read_shapes
@@ -246,16 +247,28 @@ def test_not_a_weights_file(tmp_path: Path) -> None:
 
 
 @needs_ncnn
-def test_auto_backend_picks_ncnn_on_cpu() -> None:
+def test_auto_backend_picks_the_fastest_installed_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO, then ncnn, then torch (the order measured in BENCHMARKS.md)."""
+    import importlib.util
+
     model = load_sr_model("animevideov3")
+    if importlib.util.find_spec("openvino") is not None:
+        assert make_runner(model).backend == "openvino"
+        assert make_runner(model, precision="fp16").backend == "ncnn"  # openvino runs fp32 only
+    monkeypatch.setitem(sys.modules, "openvino", None)
     assert make_runner(model).backend == "ncnn"
     assert make_runner(model, device="cpu", backend="torch").backend == "torch"
+    with pytest.raises(ModelNotAvailable, match=r"pip install tiledsr\[openvino\]"):
+        make_runner(model, backend="openvino")
 
 
-def test_auto_backend_without_ncnn_is_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_backend_without_ncnn_or_openvino_is_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ncnn", None)
+    monkeypatch.setitem(sys.modules, "openvino", None)
     model = load_sr_model("animevideov3")
     assert make_runner(model).backend == "torch"
+    assert choose_backend(model, "cpu") == ("torch", "openvino is not installed; ncnn is not installed")
+    assert choose_backend(model, "cuda")[0] == "torch"
     with pytest.raises(ModelNotAvailable, match=r"pip install tiledsr\[ncnn\]"):
         make_runner(model, backend="ncnn")
 

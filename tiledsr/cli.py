@@ -508,12 +508,26 @@ def cmd_models(args) -> int:
         state = "available" if m["available"] else "not available"
         print(f"{m['name']:14s} x{m['scale']} {m['arch']:8s} {state:14s} {m['description']}")
         print(f"{'':14s} from {m['location'] or m['source']}")
+        if m["available"]:
+            print(f"{'':14s} {_backend_line(m['name'])}")
     for model_id, users in _preset_models().items():
         control = any("ControlNet" in u for u in users)
         print(f"{model_id} {_availability(model_id, control)}: used by {', '.join(users)}")
         print(f"{'':14s} from the Hugging Face cache or a local diffusers folder; "
               f"`tiledsr models fetch {model_id}` downloads it when online")
     return 0
+
+
+def _backend_line(name: str) -> str:
+    """Which backend ``auto`` runs the bundled SR model ``name`` with on this machine's CPU (and GPU)."""
+    import torch
+
+    from .models import load_sr_model
+    from .models.runner import choose_backend
+
+    backend, why = choose_backend(load_sr_model(name), "cpu")
+    line = f"backend auto: {backend} on the cpu ({why})"
+    return line + ("; torch on cuda" if torch.cuda.is_available() else "")
 
 
 def _preset_models() -> dict[str, list[str]]:

@@ -23,11 +23,12 @@ from .base import Stage, StageReport, StageTiling, TileReport, note_of
 __all__ = ["SRConfig", "SRStage"]
 
 # Working memory per output pixel of a tile window, in bytes, by (architecture, backend); measured
-# as peak RSS above the loaded process on the CPU (BENCHMARKS.md): ncnn's winograd convolutions
-# trade about 4x torch's memory for 2x its speed.
+# as peak RSS above the loaded process on the CPU, the largest of 256 -> 1024 and 512 -> 2048
+# (tests/benchmarks/bench_backends.py, BENCHMARKS.md "SR backends on the CPU"): ncnn's winograd
+# convolutions take 4-6x the memory of torch (channels_last) or OpenVINO.
 _BYTES_PER_OUTPUT_PIXEL = {
-    ("rrdbnet", "ncnn"): 3400, ("rrdbnet", "torch"): 850,
-    ("srvgg", "ncnn"): 190, ("srvgg", "torch"): 50,
+    ("rrdbnet", "ncnn"): 3460, ("rrdbnet", "torch"): 610, ("rrdbnet", "openvino"): 790,
+    ("srvgg", "ncnn"): 195, ("srvgg", "torch"): 65, ("srvgg", "openvino"): 110,
 }
 
 _WEIGHT_BYTES = {"rrdbnet": 140 << 20, "srvgg": 8 << 20}  # weights as loaded (fp32 and the backend's copies)
@@ -40,7 +41,7 @@ class SRConfig(StageTiling):
 
     model: str = "x4plus"
     scale: Optional[float] = None
-    backend: Literal["auto", "torch", "ncnn"] = "auto"
+    backend: Literal["auto", "torch", "ncnn", "openvino"] = "auto"
     alpha: Literal["resize", "sr"] = "resize"
     context: Optional[int] = None
 
@@ -113,17 +114,22 @@ class SRStage(Stage):
 
     def _likely_backend(self) -> str:
         """The backend ``load()`` will pick, guessed without loading (for memory estimates)."""
-        if hasattr(self, "_runner"):
-            return self._runner.backend
-        if self.config.backend != "auto":
-            return self.config.backend
-        import importlib.util
+        return self.backend_choice()[0]
 
+    def backend_choice(self) -> tuple[str, str]:
+        """(backend, why): the one loaded, or the one ``load()`` will pick (nothing is loaded)."""
+        if hasattr(self, "_runner"):
+            return self._runner.backend, "loaded"
+        if self.config.backend != "auto":
+            return self.config.backend, "asked for"
         import torch
 
-        cpu = self.runtime.device == "cpu" or (self.runtime.device == "auto" and not torch.cuda.is_available())
-        ncnn = self.model.ncnn_files is not None and importlib.util.find_spec("ncnn") is not None
-        return "ncnn" if cpu and ncnn else "torch"
+        from ..models.runner import choose_backend
+
+        device = self.runtime.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return choose_backend(self.model, torch.device(device).type, self.runtime.precision)
 
     def check_tiling(self) -> str | None:
         least = MIN_TILE_INPUT * self.model.scale
@@ -143,7 +149,9 @@ class SRStage(Stage):
     def describe(self) -> str:
         m = self.model
         extra = f" -> x{self.config.scale:g}" if self.config.scale is not None else ""
-        return f"sr {m.name} ({m.arch}, x{m.scale}{extra}, context {self.context}px)"
+        backend, why = self.backend_choice()
+        how = f"{backend}, {why}" if self.config.backend == "auto" and not hasattr(self, "_runner") else backend
+        return f"sr {m.name} ({m.arch}, x{m.scale}{extra}, context {self.context}px, backend {how})"
 
     def load(self) -> None:
         from ..models import make_runner
@@ -153,7 +161,7 @@ class SRStage(Stage):
 
     @property
     def backend(self) -> str:
-        """The backend chosen at load time ("torch" or "ncnn")."""
+        """The backend chosen at load time ("torch", "ncnn" or "openvino")."""
         return self._runner.backend
 
     def _network(self, batch: np.ndarray) -> np.ndarray:
