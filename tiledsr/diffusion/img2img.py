@@ -18,7 +18,7 @@ import torch
 from ..errors import InputError
 from ..tiling import Tile
 from .conditioning import TileControl, TimeIds, check_controlnet, check_time_ids
-from .loop import Progress, denoise, guide, latent_grid, step_kwargs, unet_multiple
+from .loop import FUSIONS, Order, Progress, denoise, fused_grid, guide, step_kwargs, unet_multiple
 from .noise import draw_noise, seeded_generator
 from .text import PromptEmbeds
 
@@ -26,7 +26,9 @@ __all__ = ["img2img_latents", "txt2img_latents"]
 
 
 def _check(unet, embeds: PromptEmbeds, steps: int, guidance: float, time_ids: TimeIds | None = None,
-           control: TileControl | None = None) -> None:
+           control: TileControl | None = None, fusion: str = "overlap") -> None:
+    if fusion not in FUSIONS:
+        raise InputError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if getattr(unet.config, "time_cond_proj_dim", None) is not None:
         raise InputError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported")
     check_time_ids(unet, time_ids, embeds.pooled)
@@ -63,13 +65,11 @@ def _predictor(unet, scheduler, embeds: PromptEmbeds, guidance: float, canvas: t
 
 
 def _run(unet, scheduler, x: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds, generator, *,
-         guidance: float, tile: int, overlap: int, blend: str, batch: int, order, progress, checkpoint=None,
-         on_backoff=None, time_ids: TimeIds | None = None, control: TileControl | None = None) -> torch.Tensor:
-    m = unet_multiple(unet)
-    grid = latent_grid(x.shape[2], x.shape[3], tile, overlap, m)
-
-    def regrid(side: int):
-        return latent_grid(x.shape[2], x.shape[3], side, overlap * side // max(tile, 1), m)
+         guidance: float, tile: int, overlap: int, blend: str, batch: int, order, progress, seed: int,
+         fusion: str = "overlap", checkpoint=None, on_backoff=None, time_ids: TimeIds | None = None,
+         control: TileControl | None = None) -> torch.Tensor:
+    grid, shift, regrid = fused_grid(x.shape[2], x.shape[3], tile=tile, overlap=overlap, multiple=unet_multiple(unet),
+                                     fusion=fusion, seed=seed)
 
     if control is not None:
         want = (x.shape[2] * control.factor, x.shape[3] * control.factor)
@@ -79,13 +79,13 @@ def _run(unet, scheduler, x: torch.Tensor, timesteps: torch.Tensor, embeds: Prom
     predict = _predictor(unet, scheduler, embeds, guidance, tuple(x.shape[2:]), len(timesteps), time_ids, control)
     return denoise(x, scheduler, timesteps, predict, grid, blend=blend, batch=batch, order=order,
                    step_kwargs=step_kwargs(scheduler, generator), progress=progress, regrid=regrid,
-                   checkpoint=checkpoint, generator=generator, on_backoff=on_backoff)
+                   checkpoint=checkpoint, generator=generator, on_backoff=on_backoff, shift=shift)
 
 
 @torch.no_grad()
 def img2img_latents(unet, scheduler, init_latents: torch.Tensor, embeds: PromptEmbeds, *, steps: int,
                     strength: float, guidance: float, seed: int, tile: int, overlap: int, blend: str = "cosine",
-                    batch: int = 1, order: Sequence[int] | None = None,
+                    batch: int = 1, order: Order | None = None, fusion: str = "overlap",
                     progress: Progress | None = None, checkpoint=None, on_backoff=None,
                     time_ids: TimeIds | None = None, control: TileControl | None = None) -> torch.Tensor:
     """Refine latents (1, 4, h, w) -> (1, 4, h, w) on the UNet's device and dtype, tile by tile.
@@ -93,13 +93,16 @@ def img2img_latents(unet, scheduler, init_latents: torch.Tensor, embeds: PromptE
     ``init_latents`` are already multiplied by the VAE scaling factor. As in
     diffusers, only the last ``int(steps * strength)`` of ``steps`` timesteps
     run (progress reports that many steps). ``tile``/``overlap`` in latent
-    pixels (see :func:`latent_grid`). ``embeds`` from :func:`encode_sd_prompt`
+    pixels (see :func:`~tiledsr.diffusion.loop.latent_grid`). ``fusion``: "overlap" (overlapping
+    tiles, fixed) or "shifted" (non-overlapping tiles moved every step by an offset drawn from
+    ``seed`` and the step; ``overlap`` unused; see :func:`~tiledsr.diffusion.loop.fused_grid`).
+    ``embeds`` from :func:`encode_sd_prompt`
     with the same ``guidance`` (SDXL: :func:`encode_sdxl_prompt` and ``time_ids``). ``control``: a
     tile ControlNet, its image covering the canvas times the VAE factor. The scheduler passed in
     is not modified. ``checkpoint`` and ``on_backoff``: see :func:`~tiledsr.diffusion.loop.denoise`.
     """
     # 1. Check inputs
-    _check(unet, embeds, steps, guidance, time_ids, control)
+    _check(unet, embeds, steps, guidance, time_ids, control, fusion)
     if not 0 < strength <= 1:
         raise InputError(f"strength must be in (0, 1], got {strength}")
     if init_latents.ndim != 4 or init_latents.shape[:2] != (1, unet.config.in_channels):
@@ -124,22 +127,23 @@ def img2img_latents(unet, scheduler, init_latents: torch.Tensor, embeds: PromptE
 
     # 4. Denoising loop
     return _run(unet, scheduler, x, timesteps, embeds.to(device, dtype), generator, guidance=guidance, tile=tile,
-                overlap=overlap, blend=blend, batch=batch, order=order, progress=progress, checkpoint=checkpoint,
-                on_backoff=on_backoff, time_ids=time_ids, control=control)
+                overlap=overlap, blend=blend, batch=batch, order=order, progress=progress, seed=seed, fusion=fusion,
+                checkpoint=checkpoint, on_backoff=on_backoff, time_ids=time_ids, control=control)
 
 
 @torch.no_grad()
 def txt2img_latents(unet, scheduler, height: int, width: int, embeds: PromptEmbeds, *, steps: int,
                     guidance: float, seed: int, tile: int, overlap: int, blend: str = "cosine", batch: int = 1,
-                    order: Sequence[int] | None = None, progress: Progress | None = None,
+                    order: Order | None = None, fusion: str = "overlap", progress: Progress | None = None,
                     time_ids: TimeIds | None = None) -> torch.Tensor:
     """Generate latents (1, C, height, width) from noise, tile by tile; ``height``/``width`` in LATENT pixels.
 
     Equals ``StableDiffusionPipeline(height=8*height, width=8*width, output_type="latent")``
     for one tile (C = the UNet's in_channels; latents scaled like the pipeline's); SDXL with ``time_ids``.
+    ``fusion``: see :func:`img2img_latents`.
     """
     # 1. Check inputs
-    _check(unet, embeds, steps, guidance, time_ids)
+    _check(unet, embeds, steps, guidance, time_ids, fusion=fusion)
     device, dtype = unet.device, unet.dtype
 
     # 2. Timesteps, on a private copy of the scheduler
@@ -153,5 +157,5 @@ def txt2img_latents(unet, scheduler, height: int, width: int, embeds: PromptEmbe
 
     # 4. Denoising loop
     return _run(unet, scheduler, x, scheduler.timesteps, embeds.to(device, dtype), generator, guidance=guidance,
-                tile=tile, overlap=overlap, blend=blend, batch=batch, order=order, progress=progress,
-                time_ids=time_ids)
+                tile=tile, overlap=overlap, blend=blend, batch=batch, order=order, progress=progress, seed=seed,
+                fusion=fusion, time_ids=time_ids)

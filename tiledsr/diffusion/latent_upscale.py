@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..tiling import Tile
-from .loop import Progress, denoise, guide, latent_grid, step_kwargs, unet_multiple
+from .loop import FUSIONS, Order, Progress, denoise, fused_grid, guide, step_kwargs, unet_multiple
 from .noise import draw_noise, seeded_generator
 from .text import PromptEmbeds
 
@@ -27,7 +27,9 @@ __all__ = ["pad_latents", "upscale_latents"]
 
 
 def _check(unet, scheduler, latents: torch.Tensor, embeds: PromptEmbeds, steps: int, guidance: float,
-           noise_level: float) -> None:
+           noise_level: float, fusion: str = "overlap") -> None:
+    if fusion not in FUSIONS:
+        raise InputError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if latents.ndim != 4 or latents.shape[0] != 1:
         raise InputError(f"latents must be (1, C, h, w), got {tuple(latents.shape)}")
     if 2 * latents.shape[1] != unet.config.in_channels:
@@ -89,7 +91,7 @@ def _predictor(unet, scheduler, cond: torch.Tensor, embeds: PromptEmbeds, guidan
 @torch.no_grad()
 def upscale_latents(unet, scheduler, latents: torch.Tensor, embeds: PromptEmbeds, *, steps: int,
                     guidance: float = 0.0, noise_level: float = 0.0, seed: int, tile: int, overlap: int,
-                    blend: str = "cosine", batch: int = 1, order: Sequence[int] | None = None,
+                    blend: str = "cosine", batch: int = 1, order: Order | None = None, fusion: str = "overlap",
                     progress: Progress | None = None) -> torch.Tensor:
     """Upscale SD latents 2x, tile by tile: (1, 4, h, w) -> (1, 4, 2h, 2w) on the UNet's device and dtype.
 
@@ -97,7 +99,8 @@ def upscale_latents(unet, scheduler, latents: torch.Tensor, embeds: PromptEmbeds
     ``output_type="latent"`` (already multiplied by the VAE scaling factor);
     the result is in the same space (divide by the factor before decoding).
     ``tile``/``overlap`` are in output-latent pixels (see :func:`latent_grid`;
-    the upscaler's UNet needs multiples of 8). ``embeds`` from
+    the upscaler's UNet needs multiples of 8); ``fusion``: "overlap" or "shifted" (non-overlapping
+    tiles moved every step, ``overlap`` unused; see :func:`~tiledsr.diffusion.loop.fused_grid`). ``embeds`` from
     :func:`encode_upscaler_prompt` with the same ``guidance``. ``noise_level``
     > 0 adds ``noise_level`` x Gaussian noise (drawn after the initial noise
     from the same seeded generator) to the low-res latents before the
@@ -108,12 +111,13 @@ def upscale_latents(unet, scheduler, latents: torch.Tensor, embeds: PromptEmbeds
     canvas must be at least twice the multiple); :func:`pad_latents` them first.
     """
     # 1. Check inputs
-    _check(unet, scheduler, latents, embeds, steps, guidance, noise_level)
+    _check(unet, scheduler, latents, embeds, steps, guidance, noise_level, fusion)
     device, dtype = unet.device, unet.dtype
     embeds = embeds.to(device, dtype)
     low = latents.to(device, dtype)
     _, c, h, w = low.shape
-    grid = latent_grid(2 * h, 2 * w, tile, overlap, unet_multiple(unet))
+    grid, shift, _ = fused_grid(2 * h, 2 * w, tile=tile, overlap=overlap, multiple=unet_multiple(unet), fusion=fusion,
+                                seed=seed)
 
     # 2. Timesteps, on a private copy of the scheduler
     scheduler = scheduler.__class__.from_config(scheduler.config)
@@ -130,4 +134,4 @@ def upscale_latents(unet, scheduler, latents: torch.Tensor, embeds: PromptEmbeds
     # 5. Denoising loop
     predict = _predictor(unet, scheduler, cond, embeds, guidance)
     return denoise(x, scheduler, scheduler.timesteps, predict, grid, blend=blend, batch=batch, order=order,
-                   step_kwargs=step_kwargs(scheduler, generator), progress=progress)
+                   step_kwargs=step_kwargs(scheduler, generator), progress=progress, shift=shift)

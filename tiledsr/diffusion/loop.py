@@ -16,11 +16,21 @@ does not depend on the processing order or the batch size. (The model itself
 may not be batch-invariant: CPU and GPU kernels can round differently for
 different batch shapes, by about 1e-6.) With one tile there is no
 blending at all, so the math is exactly the diffusers pipeline's.
+
+Shifted fusion (``fusion="shifted"``, after Frolov et al. 2024, "SpotDiffusion"): the
+tiles do not overlap, but at every step the grid's lines move by an offset (dy, dx) drawn
+from the run's seed and the step index alone (:class:`Shift`), so a tile border never
+stays in one place and its seam is averaged away over the steps. Nothing wraps around the
+canvas: the grid is clipped to it, and the tiles at its ends are pushed inwards (they overlap
+their neighbour there and are blended with the feathered weights), so every tile keeps the
+requested size and can be batched; the price is up to one more row and column of tiles than
+abutting tiles would need (:func:`shifted_redundancy`).
 """
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 
@@ -28,8 +38,10 @@ from ..errors import InputError
 from ..tiling import BLENDS, Tile, TileGrid, tile_weights
 from ..tiling.grid import axis_starts
 
-__all__ = ["Blender", "Progress", "TilePredict", "denoise", "guide", "latent_grid", "step_kwargs",
-           "unet_multiple"]
+__all__ = ["FUSIONS", "Blender", "Order", "Progress", "Shift", "TilePredict", "denoise", "fused_grid", "guide",
+           "latent_grid", "shifted_grid", "shifted_redundancy", "step_kwargs", "unet_multiple"]
+
+FUSIONS = ("overlap", "shifted")
 
 TilePredict = Callable[[torch.Tensor, Sequence[Tile], torch.Tensor, int], torch.Tensor]
 """``predict(x, tiles, t, i) -> out``: noisy latent crops x (N, C, h, w) of ``tiles`` at timestep ``t``
@@ -37,6 +49,10 @@ TilePredict = Callable[[torch.Tensor, Sequence[Tile], torch.Tensor, int], torch.
 
 Progress = Callable[[int, int, int, int], None]
 """``progress(step, steps, tile, tiles)``: ``step`` in 1..steps, ``tile`` finished tiles of that step."""
+
+Order = Union[Sequence[int], Callable[[int], Sequence[int]]]
+"""Tile processing order: a permutation of the grid's tile indices, or ``order(n) -> permutation of
+range(n)`` for grids whose tile count changes from step to step (shifted fusion)."""
 
 
 def unet_multiple(unet) -> int:
@@ -65,6 +81,126 @@ def latent_grid(height: int, width: int, tile: int, overlap: int, multiple: int)
     th, ys = axis_starts(height, tile, overlap, m)
     tw, xs = axis_starts(width, tile, overlap, m)
     return TileGrid(height, width, th, tw, overlap, ys, xs)
+
+
+def _shifted_side(length: int, tile: int, m: int) -> int:
+    """Tile side along an axis of ``length`` for shifted fusion: ``tile`` (a multiple of ``m``, >= 2m)
+    when the axis is longer, else what :func:`~tiledsr.tiling.grid.axis_starts` gives (the whole
+    axis when it is a multiple, else the largest multiple that fits)."""
+    return tile if length > tile else axis_starts(length, tile, 0, m)[0]
+
+
+def _shifted_starts(length: int, side: int, offset: int) -> tuple[int, ...]:
+    """Starts of ``side``-long tiles that abut, their lines at ``offset + k * side``, clipped to [0, length).
+
+    The tile cut by the start of the axis starts at 0 and the one cut by its end at
+    ``length - side``: both keep their side and overlap their neighbour instead of wrapping around.
+    """
+    if side >= length:
+        return (0,)
+    d = offset % side
+    raw = range(d - side if d else 0, length, side)
+    return tuple(sorted({min(max(0, s), length - side) for s in raw}))
+
+
+def shifted_grid(height: int, width: int, tile: int, multiple: int, offset: tuple[int, int] = (0, 0)) -> TileGrid:
+    """Grid of ``tile``-sided, non-overlapping tiles over a ``height`` x ``width`` canvas, its lines moved by
+    ``offset`` (dy, dx) (multiples of ``multiple`` for the starts to stay multiples).
+
+    ``tile`` is rounded down to a multiple, at least ``2 * multiple``, as in :func:`latent_grid`, and
+    then kept (never shrunk to fit the canvas better): an axis no longer than it is one tile if its
+    length is a multiple, else tiles of the largest multiple that fits. Tile lines sit at
+    ``offset + k * tile``; the tiles that would cross the canvas's border are pushed inside it (the
+    first starts at 0, the last at ``length - tile``) and overlap their neighbour there, so nothing
+    wraps around. Every start is a multiple of ``multiple`` but a last one pushed to
+    ``length - tile`` on an axis whose length is not a multiple. ``grid.overlap`` is 0; the actual
+    overlaps are read from the starts by :func:`~tiledsr.tiling.tile_weights`.
+    """
+    m = max(1, multiple)
+    if height < 2 * m or width < 2 * m:
+        raise InputError(f"latent canvas must be at least {2 * m}x{2 * m} for this UNet, got {height}x{width}")
+    if tile < 1:
+        raise InputError(f"tile must be positive, got {tile}")
+    tile = max(2 * m, tile - tile % m)
+    th, tw = _shifted_side(height, tile, m), _shifted_side(width, tile, m)
+    return TileGrid(height, width, th, tw, 0, _shifted_starts(height, th, offset[0]),
+                    _shifted_starts(width, tw, offset[1]))
+
+
+def shifted_redundancy(height: int, width: int, tile: int, multiple: int) -> float:
+    """Mean over the offsets :class:`Shift` draws of pixels computed over canvas pixels (>= 1.0)."""
+    base = shifted_grid(height, width, tile, multiple)
+    m = max(1, multiple)
+
+    def mean_count(length: int, side: int) -> float:
+        counts = [len(_shifted_starts(length, side, d)) for d in range(0, side, m)] if side < length else [1]
+        return sum(counts) / len(counts)
+
+    n = mean_count(height, base.tile_h) * mean_count(width, base.tile_w)
+    return n * base.tile_h * base.tile_w / (height * width)
+
+
+_MASK = (1 << 64) - 1
+
+
+def _mix(*values: int) -> int:
+    """A 64-bit hash of integers (SplitMix64's finaliser chained over them): same value everywhere."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (int(v) & _MASK)) * 0xBF58476D1CE4E5B9 & _MASK
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _MASK
+        x ^= x >> 31
+        x = (x + 0x9E3779B97F4A7C15) & _MASK
+    return x
+
+
+@dataclass(frozen=True)
+class Shift:
+    """The schedule of shifted fusion: at step ``i`` the grid's lines move by :meth:`offset`.
+
+    ``seed``: the run's seed; ``multiple``: the UNet's size multiple (offsets are multiples of
+    it). The offset of step ``i`` is a pure function of (``seed``, ``i``, the tile sides), never of
+    state the run consumes (no generator), so a run resumed at any step moves its grid as the
+    uninterrupted run did, whatever the tile order or batch.
+    """
+
+    seed: int
+    multiple: int
+
+    def offset(self, grid: TileGrid, step: int) -> tuple[int, int]:
+        """(dy, dx) latent pixels for ``step`` over ``grid`` (from :func:`shifted_grid`): each a multiple of
+        ``multiple`` in [0, tile side), uniform; 0 on an axis covered by one tile (or by two
+        overlapping ones less than a multiple apart, which no offset would move)."""
+        m = max(1, self.multiple)
+
+        def axis(k: int, side: int, length: int) -> int:  # no room to move by a multiple: no shift
+            return 0 if length - side < m else m * (_mix(self.seed, step, k) % max(1, side // m))
+
+        return axis(0, grid.tile_h, grid.height), axis(1, grid.tile_w, grid.width)
+
+    def grid(self, grid: TileGrid, step: int) -> TileGrid:
+        """The tiles step ``step`` runs on: ``grid``'s tile sides with the lines moved by :meth:`offset`."""
+        dy, dx = self.offset(grid, step)
+        return TileGrid(grid.height, grid.width, grid.tile_h, grid.tile_w, 0,
+                        _shifted_starts(grid.height, grid.tile_h, dy), _shifted_starts(grid.width, grid.tile_w, dx))
+
+
+def fused_grid(height: int, width: int, *, tile: int, overlap: int, multiple: int, fusion: str = "overlap",
+               seed: int = 0) -> tuple[TileGrid, Shift | None, Callable[[int], TileGrid]]:
+    """(grid, shift, regrid) for :func:`denoise` over a latent canvas ``height`` x ``width``.
+
+    ``fusion="overlap"``: :func:`latent_grid` with ``overlap``, no shift. ``"shifted"``:
+    :func:`shifted_grid` (``overlap`` unused) moved every step by ``Shift(seed, multiple)``.
+    ``regrid(side)``: the same kind of grid with ``side``-long tiles (out-of-memory back-off; the
+    overlap scaled with the tile).
+    """
+    if fusion not in FUSIONS:
+        raise InputError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if fusion == "shifted":
+        return (shifted_grid(height, width, tile, multiple), Shift(int(seed), multiple),
+                lambda side: shifted_grid(height, width, side, multiple))
+    return (latent_grid(height, width, tile, overlap, multiple), None,
+            lambda side: latent_grid(height, width, side, overlap * side // max(tile, 1), multiple))
 
 
 def guide(out: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -111,16 +247,18 @@ def _batches(items: Sequence[Tile], size: int) -> Iterable[Sequence[Tile]]:
         yield items[i:i + size]
 
 
-def _processing_order(tiles: Sequence[Tile], order: Sequence[int] | None) -> list[Tile]:
+def _processing_order(tiles: Sequence[Tile], order: Order | None) -> list[Tile]:
     if order is None:
         return list(tiles)
+    if callable(order):
+        order = list(order(len(tiles)))
     if sorted(order) != list(range(len(tiles))):
         raise InputError(f"order must be a permutation of range({len(tiles)}), got {list(order)}")
     return [tiles[i] for i in order]
 
 
 def predict_canvas(latents: torch.Tensor, t: torch.Tensor, predict: TilePredict, grid: TileGrid,
-                   blender: Blender | None, *, batch: int, order: Sequence[int] | None,
+                   blender: Blender | None, *, batch: int, order: Order | None,
                    on_batch: Callable[[int], None], step: int = 0) -> torch.Tensor:
     """Model prediction over the whole canvas (1, C, H, W) at step ``step``: tiles in batches, then blended."""
     tiles = grid.tiles
@@ -140,10 +278,10 @@ def predict_canvas(latents: torch.Tensor, t: torch.Tensor, predict: TilePredict,
 
 
 def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: TilePredict, grid: TileGrid, *,
-            blend: str, batch: int, order: Sequence[int] | None = None, step_kwargs: dict | None = None,
+            blend: str, batch: int, order: Order | None = None, step_kwargs: dict | None = None,
             progress: Progress | None = None, regrid: Callable[[int], TileGrid] | None = None,
             checkpoint=None, generator: torch.Generator | None = None,
-            on_backoff: Callable[[str], None] | None = None) -> torch.Tensor:
+            on_backoff: Callable[[str], None] | None = None, shift: Shift | None = None) -> torch.Tensor:
     """Run ``timesteps`` of ``scheduler`` on the canvas ``latents`` (1, C, H, W) -> denoised latents, same shape.
 
     ``scheduler`` must already hold its timesteps (``set_timesteps``, and
@@ -152,8 +290,11 @@ def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: 
     does not depend on it); ``progress`` is called after every tile batch and
     may raise to cancel.
 
+    ``shift`` (shifted fusion): step ``i`` runs on ``shift.grid(grid, i)``, ``grid`` being a
+    :func:`shifted_grid`; without it every step runs on ``grid`` (overlapped fusion).
+
     Out of memory in ``predict``: the step is redone with half the batch, then (given
-    ``regrid(tile) -> grid``) with half the tile; ``on_backoff(message)`` says so.
+    ``regrid(tile) -> grid``, a grid of the same kind) with half the tile; ``on_backoff(message)`` says so.
     ``checkpoint`` (a :class:`~tiledsr.checkpoint.StepState`) keeps the state after every step
     (canvas, scheduler, ``generator``) and continues from it when it holds one.
     """
@@ -165,17 +306,19 @@ def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: 
     first = 0
     if checkpoint is not None:
         first, latents = _resumed(checkpoint, steps, latents, scheduler, generator)
-    blender = None if len(grid) == 1 else Blender(grid, blend, latents.device)
+    fusion = _Fusion(blend, latents.device)
     i = first
     while i < steps:
         t = timesteps[i]
+        tiles = grid if shift is None else shift.grid(grid, i)
+        blender = fusion.blender(tiles)
 
-        def report(done: int, i: int = i) -> None:
+        def report(done: int, i: int = i, n: int = len(tiles)) -> None:
             if progress is not None:
-                progress(i + 1, steps, done, len(grid))
+                progress(i + 1, steps, done, n)
 
         try:
-            out = predict_canvas(latents, t, predict, grid, blender, batch=batch, order=order, on_batch=report,
+            out = predict_canvas(latents, t, predict, tiles, blender, batch=batch, order=order, on_batch=report,
                                  step=i)
         except (MemoryError, RuntimeError) as exc:
             oom = as_out_of_memory(exc, f"denoising {max(grid.tile_h, grid.tile_w)} px latent tiles",
@@ -191,7 +334,6 @@ def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: 
                 if max(new.tile_h, new.tile_w) >= side:
                     raise oom from exc
                 grid, order = new, None
-                blender = None if len(grid) == 1 else Blender(grid, blend, latents.device)
                 message = f"out of memory with {side} px latent tiles; going on with {max(grid.tile_h, grid.tile_w)}"
             else:
                 raise oom from exc
@@ -203,6 +345,21 @@ def denoise(latents: torch.Tensor, scheduler, timesteps: torch.Tensor, predict: 
         if checkpoint is not None:
             checkpoint.save(i, latents, scheduler, generator)
     return latents
+
+
+class _Fusion:
+    """The :class:`Blender` of the grid a step runs on, rebuilt only when the grid changes (None: one tile)."""
+
+    def __init__(self, blend: str, device: torch.device):
+        self.blend, self.device = blend, device
+        self.grid: TileGrid | None = None
+        self.last: Blender | None = None
+
+    def blender(self, grid: TileGrid) -> Blender | None:
+        if grid != self.grid:
+            self.grid = grid
+            self.last = None if len(grid) == 1 else Blender(grid, self.blend, self.device)
+        return self.last
 
 
 def _multiple_of(grid: TileGrid) -> int:

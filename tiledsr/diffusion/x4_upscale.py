@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..tiling import Tile
-from .loop import Progress, denoise, guide, latent_grid, step_kwargs, unet_multiple
+from .loop import FUSIONS, Order, Progress, denoise, fused_grid, guide, step_kwargs, unet_multiple
 from .noise import draw_noise, seeded_generator
 from .text import PromptEmbeds
 
@@ -26,7 +26,9 @@ __all__ = ["upscale_x4_latents"]
 
 
 def _check(unet, image: torch.Tensor, latent_channels: int, embeds: PromptEmbeds, steps: int, guidance: float,
-           noise_level: int, low_res_scheduler) -> None:
+           noise_level: int, low_res_scheduler, fusion: str = "overlap") -> None:
+    if fusion not in FUSIONS:
+        raise InputError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if image.ndim != 4 or image.shape[0] != 1:
         raise InputError(f"image must be (1, C, h, w), got {tuple(image.shape)}")
     if image.shape[1] + latent_channels != unet.config.in_channels:
@@ -62,22 +64,25 @@ def _predictor(unet, scheduler, cond: torch.Tensor, level: torch.Tensor, embeds:
 def upscale_x4_latents(unet, scheduler, low_res_scheduler, image: torch.Tensor, embeds: PromptEmbeds, *,
                        latent_channels: int = 4, steps: int, guidance: float = 9.0, noise_level: int = 20,
                        seed: int, tile: int, overlap: int, blend: str = "cosine", batch: int = 1,
-                       order: Sequence[int] | None = None, progress: Progress | None = None) -> torch.Tensor:
+                       order: Order | None = None, fusion: str = "overlap",
+                       progress: Progress | None = None) -> torch.Tensor:
     """Upscale an image 4x into latents: (1, 3, h, w) in [-1, 1] -> (1, 4, h, w) on the UNet's device and dtype.
 
     The latents are multiplied by the VAE scaling factor, as the pipeline
     returns them with ``output_type="latent"``: divide by
     ``vae.config.scaling_factor`` and decode with the x4 upscaler's VAE to get
     (1, 3, 4h, 4w). ``tile``/``overlap`` in latent pixels = input pixels (see
-    :func:`latent_grid`). ``embeds`` from :func:`encode_sd_prompt` with the
-    same ``guidance``. One tile reproduces the diffusers pipeline.
+    :func:`~tiledsr.diffusion.loop.latent_grid`); ``fusion``: "overlap" or "shifted" (non-overlapping
+    tiles moved every step, ``overlap`` unused; see :func:`~tiledsr.diffusion.loop.fused_grid`).
+    ``embeds`` from :func:`encode_sd_prompt` with the same ``guidance``. One tile reproduces the diffusers pipeline.
     """
     # 1. Check inputs
-    _check(unet, image, latent_channels, embeds, steps, guidance, noise_level, low_res_scheduler)
+    _check(unet, image, latent_channels, embeds, steps, guidance, noise_level, low_res_scheduler, fusion)
     device, dtype = unet.device, unet.dtype
     embeds = embeds.to(device, dtype)
     _, _, h, w = image.shape
-    grid = latent_grid(h, w, tile, overlap, unet_multiple(unet))
+    grid, shift, _ = fused_grid(h, w, tile=tile, overlap=overlap, multiple=unet_multiple(unet), fusion=fusion,
+                                seed=seed)
 
     # 2. Timesteps, on a private copy of the scheduler
     scheduler = scheduler.__class__.from_config(scheduler.config)
@@ -93,4 +98,4 @@ def upscale_x4_latents(unet, scheduler, low_res_scheduler, image: torch.Tensor, 
     # 4. Denoising loop
     predict = _predictor(unet, scheduler, cond, level, embeds, guidance)
     return denoise(x, scheduler, scheduler.timesteps, predict, grid, blend=blend, batch=batch, order=order,
-                   step_kwargs=step_kwargs(scheduler, generator), progress=progress)
+                   step_kwargs=step_kwargs(scheduler, generator), progress=progress, shift=shift)

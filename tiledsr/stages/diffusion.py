@@ -9,7 +9,7 @@ from ..diffusion.lowvram import AttentionSlicing, LowVram, Offload
 from ..tiling import TileGrid, make_grid
 from .base import Stage, StageTiling
 
-__all__ = ["DiffusionConfig", "DiffusionStage", "SCHEDULERS"]
+__all__ = ["DiffusionConfig", "DiffusionStage", "Fusion", "SCHEDULERS"]
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -19,13 +19,20 @@ SCHEDULERS = {
 }
 VAE_FACTOR = 8  # SD 1.x/2.x VAEs; the loaded VAE's own factor is used at run time
 Scheduler = Literal["default", "ddim", "euler", "euler-ancestral", "dpm++"]
+Fusion = Literal["overlap", "shifted"]
 
 
 @dataclass(frozen=True)
 class DiffusionConfig(StageTiling):
     """Options every diffusion stage has: ``model`` (hub id or local diffusers folder), prompts, steps, guidance,
     and the low-VRAM switches (see :mod:`tiledsr.diffusion.lowvram`): ``attention_slicing`` ("off", "auto",
-    "max" or heads per call), ``vae_slicing``, ``offload`` ("none", "model", "sequential")."""
+    "max" or heads per call), ``vae_slicing``, ``offload`` ("none", "model", "sequential").
+
+    ``fusion`` (the stages that denoise the whole latent canvas tile by tile every step):
+    "overlap" blends overlapping tiles (MultiDiffusion); "shifted" runs tiles that do not overlap
+    and moves the tile grid every step by an offset drawn from the seed and the step (SpotDiffusion),
+    so its lines never settle into seams; the overlap setting is not used then (see
+    :func:`tiledsr.diffusion.loop.fused_grid`)."""
 
     model: str = ""
     prompt: str = ""
@@ -35,6 +42,7 @@ class DiffusionConfig(StageTiling):
     attention_slicing: AttentionSlicing = "off"
     vae_slicing: bool = False
     offload: Offload = "none"
+    fusion: Fusion = "overlap"
 
     @property
     def low_vram(self) -> LowVram:
@@ -150,16 +158,46 @@ class DiffusionStage(Stage):
         return 0 if self.runtime.seed is None else self.runtime.seed
 
     def latent_tiling(self) -> dict[str, Any]:
-        """tile / overlap / blend / batch for the loop, converted from output pixels to latent pixels."""
+        """tile / overlap / blend / batch / fusion for the loop, tile and overlap converted from output
+        pixels to latent pixels."""
         f, t = self.factor, self.tiling
         tile = max(2 * self.unet_multiple, t.tile // f)  # the UNet's deepest level needs >= 2x2
-        return {"tile": tile, "overlap": min(t.overlap // f, tile - 1), "blend": t.blend, "batch": t.batch}
+        return {"tile": tile, "overlap": min(t.overlap // f, tile - 1), "blend": t.blend, "batch": t.batch,
+                "fusion": self.fusion}
+
+    @property
+    def fusion(self) -> str:
+        """How the latent tiles are fused: "overlap" or "shifted" (see :class:`DiffusionConfig`)."""
+        return getattr(self.config, "fusion", "overlap")
+
+    def fusion_note(self) -> str:
+        """``", shifted fusion (...)"`` for :meth:`describe` when the grid moves every step, else ""."""
+        if self.fusion != "shifted":
+            return ""
+        return ", shifted fusion: non-overlapping tiles, grid moved every step, overlap unused"
 
     def grid(self, height: int, width: int) -> TileGrid:
+        """The tiles in output pixels; for shifted fusion the grid at offset 0 (every step moves it)."""
         oh, ow = self.output_size(height, width)
         m = self.factor * self.unet_multiple
         tile = max(2 * m, self.tiling.tile - self.tiling.tile % m)
+        if self.fusion == "shifted" and min(oh, ow) >= 2 * m:
+            from ..diffusion.loop import shifted_grid
+
+            return shifted_grid(oh, ow, tile, m)
         return make_grid(oh, ow, tile, min(self.tiling.overlap, tile - m), m)
+
+    def redundancy(self, height: int, width: int) -> float:
+        """Pixels computed over pixels needed; for shifted fusion the mean over the offsets drawn."""
+        if self.fusion != "shifted":
+            return super().redundancy(height, width)
+        from ..diffusion.loop import shifted_redundancy
+
+        oh, ow = self.output_size(height, width)
+        m = self.factor * self.unet_multiple
+        if min(oh, ow) < 2 * m:
+            return super().redundancy(height, width)
+        return shifted_redundancy(oh, ow, max(2 * m, self.tiling.tile - self.tiling.tile % m), m)
 
     def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
         """``tile``: the models' weights (counted from their files, or the published models') plus the

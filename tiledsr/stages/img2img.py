@@ -4,6 +4,8 @@ tile ControlNet.
 ``mode: fused`` (default) denoises the whole latent canvas tile by tile at every step
 (one scheduler, seamless); ``independent`` runs each pixel tile as its own img2img and
 blends the decoded pixels with feathered weights (faster, like Ultimate SD Upscale).
+``fusion`` (fused mode only): ``overlap`` (default) blends overlapping tiles; ``shifted`` runs
+non-overlapping tiles on a grid moved every step (see :class:`~tiledsr.stages.diffusion.DiffusionConfig`).
 
 An SDXL checkpoint is recognised from its folder; every tile is told where it sits on the picture
 (``add_time_ids``: original size = the picture, crop = the tile's position, target = the tile).
@@ -37,6 +39,8 @@ class Img2ImgConfig(DiffusionConfig):
     control_end: float = 1.0
 
     def check(self) -> str | None:
+        if self.fusion == "shifted" and self.mode != "fused":
+            return f"fusion: shifted needs mode: fused (mode {self.mode} refines every tile on its own)"
         if self.seamfix < 0:
             return f"seamfix must be a seam score >= 0 (0: off), got {self.seamfix}"
         if not 0 <= self.controlnet_scale <= 10:
@@ -73,7 +77,7 @@ class Img2ImgStage(DiffusionStage):
         c = self.config
         control = f", ControlNet {c.controlnet} x{c.controlnet_scale:g}" if c.controlnet else ""
         return (f"img2img {c.model} ({c.mode}, strength {c.strength:g}, {c.steps} steps, guidance {c.guidance:g}"
-                f"{control})")
+                f"{control}{self.fusion_note()})")
 
     def missing_models(self) -> list[str]:
         missing = super().missing_models()
@@ -125,7 +129,7 @@ class Img2ImgStage(DiffusionStage):
         c, comp = self.config, self.components
         tiling = self.latent_tiling()
         if whole:  # one tile covering this (already tiled) canvas
-            tiling["tile"] = max(init.shape[-2:])
+            tiling["tile"], tiling["fusion"] = max(init.shape[-2:]), "overlap"
         with self.phase("denoise"):
             return img2img_latents(comp.unet, self.scheduler(), init.to(comp.device), self.embeds, steps=c.steps,
                                    strength=c.strength, guidance=c.guidance, seed=seed, progress=progress,

@@ -37,7 +37,8 @@ class LatentX2Stage(DiffusionStage):
 
     def describe(self) -> str:
         c = self.config
-        return f"latent-x2 {c.model} ({c.steps} steps, guidance {c.guidance:g}, noise level {c.noise_level:g})"
+        return (f"latent-x2 {c.model} ({c.steps} steps, guidance {c.guidance:g}, noise level {c.noise_level:g}"
+                f"{self.fusion_note()})")
 
     def run(self, latents, report, source=None):
         """Latents smaller than the UNet's multiple (the 2x canvas needs 2 x it) are reflect-padded on the

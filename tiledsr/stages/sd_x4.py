@@ -48,7 +48,8 @@ class SDX4Stage(DiffusionStage):
 
     def describe(self) -> str:
         c = self.config
-        return f"sd-x4 {c.model} ({c.steps} steps, guidance {c.guidance:g}, noise level {c.noise_level})"
+        return (f"sd-x4 {c.model} ({c.steps} steps, guidance {c.guidance:g}, noise level {c.noise_level}"
+                f"{self.fusion_note()})")
 
     def run(self, image: np.ndarray, report, source=None):
         import torch

@@ -52,7 +52,8 @@ class Txt2ImgStage(DiffusionStage):
 
     def describe(self) -> str:
         c = self.config
-        return f"txt2img {c.model} ({c.width}x{c.height}, {c.steps} steps, guidance {c.guidance:g})"
+        return (f"txt2img {c.model} ({c.width}x{c.height}, {c.steps} steps, guidance {c.guidance:g}"
+                f"{self.fusion_note()})")
 
     def run(self, data, report, source=None):
         from ..diffusion.codec import Latents
