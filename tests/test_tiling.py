@@ -65,17 +65,21 @@ def test_tiles_shrink_to_fit_instead_of_piling_up():
     assert axis_starts(1024, 512, 0, 4) == (512, (0, 512))
 
 
-def test_window_is_same_size_and_inside_image():
+def test_window_has_the_context_where_the_image_has_it_and_no_more():
     h, scale, ctx = 50, 4, 6
     g = output_grid(h, h, scale, 64, 16)
-    sizes = set()
+    n = g.tile_h // scale
     for y in g.ys:
+        first = y // scale
         start, size, off = window(y, g.tile_h, scale, ctx, h)
-        sizes.add(size)
         assert 0 <= start and start + size <= h
         assert off >= 0 and off + g.tile_h <= size * scale
-        assert y // scale - start >= min(ctx, y // scale)  # context wherever the image has it
-    assert len(sizes) == 1
+        before, after = first - start, start + size - first - n
+        assert before == min(ctx, first) and after == min(ctx, h - first - n)  # exactly the context it can have
+        # asked for one size, the windows grow inwards at the border and keep their context
+        start, size, off = window(y, g.tile_h, scale, ctx, h, n + 2 * ctx)
+        assert size == n + 2 * ctx and 0 <= start and start + size <= h
+        assert first - start >= min(ctx, first) and start + size - first - n >= min(ctx, h - first - n)
 
 
 @pytest.mark.parametrize("h,w", SIZES)

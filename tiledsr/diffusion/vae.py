@@ -101,7 +101,9 @@ def _windows(grid: TileGrid, context: int) -> Iterator[tuple[Tile, tuple[int, in
     rows = dict(zip(grid.ys, _owned(grid.ys, grid.tile_h, grid.height)))
     cols = dict(zip(grid.xs, _owned(grid.xs, grid.tile_w, grid.width)))
     for t in grid.tiles:
-        wy, wx = window(t.y, t.h, 1, context, grid.height), window(t.x, t.w, 1, context, grid.width)
+        # every window the same size (the tile and twice the context), shifted inwards at the border
+        wy = window(t.y, t.h, 1, context, grid.height, t.h + 2 * context)
+        wx = window(t.x, t.w, 1, context, grid.width, t.w + 2 * context)
         (a0, a1), (b0, b1) = rows[t.y], cols[t.x]
         yield t, wy, wx, ((wy[1], wx[1]), (a0 - wy[0], a1 - wy[0], b0 - wx[0], b1 - wx[0]))
 

@@ -88,8 +88,14 @@ class SRStage(Stage):
         return min(height, g.tile_h // s + 2 * self.context), min(width, g.tile_w // s + 2 * self.context)
 
     def redundancy(self, height: int, width: int) -> float:
-        win_h, win_w = self._window(height, width)
-        return len(self.grid(height, width)) * win_h * win_w / (height * width)
+        """Input pixels the network computes (the tiles' windows) over the image's."""
+        from ..tiling.run import windows
+
+        g = self.grid(height, width)
+        if len(g) == 1:
+            return 1.0
+        area = sum(wy[1] * wx[1] for wy, wx in windows(g.tiles, self.model.scale, self.context, height, width))
+        return area / (height * width)
 
     def memory_estimate(self, height: int, width: int, channels: int) -> dict[str, int]:
         """The model's weights and activations for a batch of windows, and the rows of tiles in flight."""

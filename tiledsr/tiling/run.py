@@ -4,9 +4,11 @@ Tiles are laid out in *output* pixels and processed in row-major order, so only 
 tiles is held (:class:`~tiledsr.tiling.bands.BandCanvas`); the input is read by window from a
 store (:mod:`~tiledsr.tiling.store`). Each output tile is computed from an
 input window that adds ``context`` input pixels on every side where the image
-has them; windows are shifted inwards at the image border rather than padded,
-so every window has the same size (batchable) and sees exactly what the
-untiled run would see, up to the context.
+has them (a tile at the image's border gets no window beyond it, and no more on
+its inner side: no compute is spent on context that is not needed). A tile's window
+depends on the tile alone, never on the batch: a batch runs as sub-batches of
+windows of one shape, so the result is the same whatever the order or batch. Every
+output pixel sees exactly what the untiled run would see, up to the context.
 
 An executor (:func:`use_executor`) may compute the tiles elsewhere (Ray workers,
 :mod:`tiledsr.distributed`): groups are submitted ahead, a bounded number in flight, and
@@ -67,17 +69,35 @@ def _executor_for(fn: TileFn) -> TileExecutor | None:
     return next((ex for ex in list(_EXECUTORS) if ex.accepts(fn)), None) if _EXECUTORS else None
 
 
-def window(start_out: int, size_out: int, scale: int, context: int, length_in: int) -> tuple[int, int, int]:
+def window(start_out: int, size_out: int, scale: int, context: int, length_in: int,
+           size_in: int | None = None) -> tuple[int, int, int]:
     """Input window for output span ``[start_out, start_out + size_out)``.
 
     Returns ``(start_in, size_in, offset_out)``: the window's start and size in
     input pixels, and where the wanted output span starts inside the window's
-    output. ``start_out`` and ``size_out`` must be multiples of ``scale``.
+    output. ``start_out`` and ``size_out`` must be multiples of ``scale``. The window
+    holds the span and ``context`` input pixels on each side where the image has
+    them; ``size_in`` grows it (shifted inwards at the border) for callers that
+    want windows of one size.
     """
     first, n = start_out // scale, size_out // scale
-    size_in = min(length_in, n + 2 * context)
-    start_in = min(max(first - context, 0), length_in - size_in)
-    return start_in, size_in, start_out - start_in * scale
+    need = n + min(context, first) + min(context, max(0, length_in - first - n))
+    size = min(length_in, max(need, size_in or 0))
+    start_in = min(max(first - context, 0), length_in - size)
+    return start_in, size, start_out - start_in * scale
+
+
+def windows(tiles, scale: int, context: int, h: int, w: int) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    """The (row, column) :func:`window` of each of ``tiles``."""
+    return [(window(t.y, t.h, scale, context, h), window(t.x, t.w, scale, context, w)) for t in tiles]
+
+
+def _by_shape(wins) -> list[list[int]]:
+    """Indices of ``wins`` grouped by window shape, in order of first appearance."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, ((_, wh, _), (_, ww, _)) in enumerate(wins):
+        groups.setdefault((wh, ww), []).append(k)
+    return list(groups.values())
 
 
 def output_grid(height: int, width: int, scale: int, tile: int, overlap: int) -> TileGrid:
@@ -161,7 +181,7 @@ def tiled_bands(
         ahead = _Ahead(executor, src, fn, todo, (scale, context, h, w, multiple, keyed)) if executor else None
         while i < len(todo):
             group = todo[i:i + max(1, batch)]
-            wins = [(window(t.y, t.h, scale, context, h), window(t.x, t.w, scale, context, w)) for t in group]
+            wins = windows(group, scale, context, h, w)
             try:
                 out = _call(src, fn, wins, multiple, keyed) if ahead is None else ahead.take(i, max(1, batch))
             except (MemoryError, RuntimeError, OutOfMemory) as exc:
@@ -176,7 +196,7 @@ def tiled_bands(
                 start = canvas.emitted if canvas is not None else start
                 break
             if canvas is None:
-                canvas = BandCanvas(grid, out.shape[-1], start)
+                canvas = BandCanvas(grid, out[0].shape[-1], start)
             for t, ((_, _, oy), (_, _, ox)), o in zip(group, wins, out):
                 yield from canvas.add(t, o[oy:oy + t.h, ox:ox + t.w], tile_weights(grid, t, blend))
             i += len(group)
@@ -196,9 +216,14 @@ def _whole(src, fn: TileFn, scale: int, multiple: int, keyed: bool, on_tile) -> 
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _call(src, fn: TileFn, wins, multiple: int, keyed: bool) -> np.ndarray:
-    padded, starts = _crops(src, wins, multiple, keyed)
-    return fn(padded, starts) if keyed else fn(padded)
+def _call(src, fn: TileFn, wins, multiple: int, keyed: bool) -> list[np.ndarray]:
+    """Each window's output (sub-batches of one window shape), in the order of ``wins``."""
+    out: list = [None] * len(wins)
+    for part in _by_shape(wins):
+        padded, starts = _crops(src, [wins[k] for k in part], multiple, keyed)
+        for k, o in zip(part, fn(padded, starts) if keyed else fn(padded)):
+            out[k] = o
+    return out
 
 
 def _crops(src, wins, multiple: int, keyed: bool) -> tuple[np.ndarray, list | None]:
@@ -209,7 +234,7 @@ def _crops(src, wins, multiple: int, keyed: bool) -> tuple[np.ndarray, list | No
 
 
 def _wins(todo, i: int, n: int, scale: int, context: int, h: int, w: int):
-    return [(window(t.y, t.h, scale, context, h), window(t.x, t.w, scale, context, w)) for t in todo[i:i + n]]
+    return windows(todo[i:i + n], scale, context, h, w)
 
 
 class _Ahead:
@@ -221,25 +246,36 @@ class _Ahead:
         self.pending: dict[int, Any] = {}
         self.next = 0  # first tile not yet submitted
 
-    def take(self, i: int, batch: int) -> np.ndarray:
-        """The output of the group of ``batch`` tiles from ``todo[i]``."""
+    def take(self, i: int, batch: int) -> list[np.ndarray]:
+        """The outputs of the group of ``batch`` tiles from ``todo[i]``, one per tile."""
         if i not in self.pending:
             self.drop()
             self.next = i
         while len(self.pending) < max(1, self.executor.depth) and self.next < len(self.todo):
             self.pending[self.next] = self._submit(self.next, batch)
             self.next += batch
-        return self.pending.pop(i).result()
+        parts = self.pending.pop(i)
+        out: list = [None] * sum(len(part) for part, _ in parts)
+        for part, handle in parts:
+            for k, o in zip(part, handle.result()):
+                out[k] = o
+        return out
 
-    def _submit(self, i: int, batch: int):
+    def _submit(self, i: int, batch: int) -> list:
+        """[(indices in the group, handle)]: one submission per window shape."""
         scale, context, h, w, multiple, keyed = self.geometry
-        batch_in, starts = _crops(self.src, _wins(self.todo, i, batch, scale, context, h, w), multiple, keyed)
-        return self.executor.submit(self.fn, batch_in, starts)
+        wins = _wins(self.todo, i, batch, scale, context, h, w)
+        handles = []
+        for part in _by_shape(wins):
+            batch_in, starts = _crops(self.src, [wins[k] for k in part], multiple, keyed)
+            handles.append((part, self.executor.submit(self.fn, batch_in, starts)))
+        return handles
 
     def drop(self) -> None:
         """Give up on every group in flight."""
-        for handle in self.pending.values():
-            self.executor.cancel(handle)
+        for parts in self.pending.values():
+            for _, handle in parts:
+                self.executor.cancel(handle)
         self.pending.clear()
 
 
