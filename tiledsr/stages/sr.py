@@ -83,7 +83,7 @@ class SRStage(Stage):
         return output_grid(height, width, self.model.scale, self.tiling.tile, self.tiling.overlap)
 
     def _window(self, height: int, width: int) -> tuple[int, int]:
-        """Input window (h, w) each tile is computed from."""
+        """The largest input window (h, w) a tile is computed from (interior tiles; edge tiles' are smaller)."""
         g, s = self.grid(height, width), self.model.scale
         return min(height, g.tile_h // s + 2 * self.context), min(width, g.tile_w // s + 2 * self.context)
 
@@ -131,10 +131,9 @@ class SRStage(Stage):
         import torch
 
         from ..models.runner import choose_backend
+        from ..pipeline import resolve_device
 
-        device = self.runtime.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device("auto") if self.runtime.device == "auto" else self.runtime.device
         return choose_backend(self.model, torch.device(device).type, self.runtime.precision)
 
     def check_tiling(self) -> str | None:

@@ -233,10 +233,6 @@ def _crops(src, wins, multiple: int, keyed: bool) -> tuple[np.ndarray, list | No
     return _pad_to_multiple(crops, multiple), starts
 
 
-def _wins(todo, i: int, n: int, scale: int, context: int, h: int, w: int):
-    return windows(todo[i:i + n], scale, context, h, w)
-
-
 class _Ahead:
     """Groups of ``todo`` submitted to an executor ahead of their turn (``executor.depth`` in
     flight), their results taken in order by the index of their first tile."""
@@ -264,7 +260,7 @@ class _Ahead:
     def _submit(self, i: int, batch: int) -> list:
         """[(indices in the group, handle)]: one submission per window shape."""
         scale, context, h, w, multiple, keyed = self.geometry
-        wins = _wins(self.todo, i, batch, scale, context, h, w)
+        wins = windows(self.todo[i:i + batch], scale, context, h, w)
         handles = []
         for part in _by_shape(wins):
             batch_in, starts = _crops(self.src, [wins[k] for k in part], multiple, keyed)
