@@ -91,3 +91,28 @@ def test_sr_stage_tiled_equals_untiled_and_plan_names_the_backend():
     tiled = pipe.run_array(img)
     assert pipe.stages[0].backend == "openvino"
     assert np.abs(tiled - whole).max() <= 1 / 255
+
+
+def test_the_first_conversion_says_so_once(tmp_path, monkeypatch, capsys):
+    """The CLI prints one note while a model is converted for the first time, and none once it is cached."""
+    import json
+
+    from PIL import Image
+
+    from tiledsr.cli import main
+
+    monkeypatch.setenv("TILEDSR_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "in.png"
+    Image.fromarray((photo(box=(0, 0, 24, 32)) * 255).astype(np.uint8)).save(src)
+    argv = ["upscale", str(src), "--preset", "fast-x4", "--set", "sr.backend=openvino", "--overwrite", "-o"]
+    assert main(argv + [str(tmp_path / "a.png"), "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    notes = [e for e in events if e["event"] == "note"]
+    assert len(notes) == 1 and "converting animevideov3 for openvino" in notes[0]["message"]
+    assert str(tmp_path / "cache") in notes[0]["message"]
+    assert main(argv + [str(tmp_path / "b.png")]) == 0
+    assert "note:" not in capsys.readouterr().err  # cached: nothing to say
+    monkeypatch.setenv("TILEDSR_CACHE_DIR", str(tmp_path / "other"))
+    assert main(argv + [str(tmp_path / "c.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("tiledsr: note: converting animevideov3 for openvino") == 1

@@ -235,6 +235,16 @@ class Console:
                 self.close()
                 _to_stderr(f"tiledsr: warning: {message}")
 
+    def note(self, message: str) -> None:
+        """One informational line, ``tiledsr: note: ...`` (a ``note`` event in JSON mode)."""
+        message = " ".join(message.split())
+        if self.json_mode:
+            self.emit("note", message=message)
+        else:
+            with quiet.LOCK:
+                if not self.abandoned.is_set():
+                    _to_stderr(f"tiledsr: note: {message}")
+
     def close(self) -> None:
         with quiet.LOCK, contextlib.suppress(OSError, ValueError, AttributeError):
             for sink in self._sinks:
@@ -590,6 +600,32 @@ def _fetch(model_id: str | None) -> int:
     return 0
 
 
+class _NoteHandler(logging.Handler):
+    """Hands the ``tiledsr`` logger's INFO records (a slow first-time model conversion) to the console."""
+
+    def __init__(self, console: Console):
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # a note must never fail the run
+            self.console.note(record.getMessage())
+
+
+@contextlib.contextmanager
+def _notes_to(console: Console) -> Iterator[None]:
+    """The ``tiledsr`` logger's INFO records go to ``console`` as notes inside the block."""
+    log = logging.getLogger("tiledsr")
+    handler, level = _NoteHandler(console), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 @contextlib.contextmanager
 def _quiet_python_warnings(debug: bool) -> Iterator[None]:
     """Python warnings and log records of the libraries underneath stay off stderr (unless --debug)."""
@@ -619,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")  # odd file names never fail a print
     try:
-        with _quiet_python_warnings(debug):
+        with _quiet_python_warnings(debug), _notes_to(console):
             code = _dispatch(argv, console)
             if sys.stdout is not None:
                 sys.stdout.flush()

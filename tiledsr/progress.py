@@ -15,7 +15,7 @@ from .errors import Cancelled
 
 __all__ = ["JsonRenderer", "BarRenderer", "ProgressCallback", "ProgressEvent", "Reporter"]
 
-EventKind = Literal["start", "stage", "progress", "backoff", "preview", "done", "warning", "error"]
+EventKind = Literal["start", "stage", "progress", "backoff", "preview", "done", "warning", "note", "error"]
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class Progress:
 
     def text(self) -> str:
         """A short status line: ``"stage 1/2 sr: tile 5/12, step 3/20, about 4 s left"``."""
-        if self.event in ("warning", "backoff", "error") and self.message:
+        if self.event in ("warning", "note", "backoff", "error") and self.message:
             return "%s: %s" % (self.event, self.message)
         if self.event == "done":
             return "done"

@@ -1,6 +1,7 @@
 """Benchmark the tiled VAE against the untiled one on an SD-size random-weight AutoencoderKL.
 
 Run:  .venv/bin/python tests/benchmarks/bench_vae.py [--size 512] [--tile 256] [--overlap 32] [--no-attention]
+      .venv/bin/python tests/benchmarks/bench_vae.py --contexts 0,2,4,8 [--no-attention]   (context sweep)
 
 The VAE has the SD VAE's architecture (block_out_channels 128/256/512/512, 2 layers per
 block, 83.7M parameters) with seeded random weights: cost does not depend on the weights,
@@ -77,7 +78,7 @@ def run_job(args) -> None:
         else:
             fn = tiled_encode if what == "encode" else tiled_decode
             out = fn(vae, src, tile=args.tile, overlap=args.overlap, shared_norm=how != "per-tile",
-                     one_pass=how == "one-pass")
+                     one_pass=how == "one-pass", context=args.context)
     seconds = time.perf_counter() - t0
     torch.save(out, os.path.join(args.dir, f"{what}-{how}.pt"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -103,17 +104,54 @@ def metrics(what: str, out: torch.Tensor, ref: torch.Tensor, grid) -> tuple[str,
     return f"{rel:.3f} rel. RMSE", f"{tile_tone(out - ref, grid, 1) / float(ref.std()):.3f} stds"
 
 
+def child(args, d: str, job: str, context: int) -> dict:
+    """Run one job in a subprocess of its own; its JSON result."""
+    cmd = [sys.executable, __file__, "--job", job, "--dir", d, "--size", str(args.size),
+           "--tile", str(args.tile), "--overlap", str(args.overlap), "--context", str(context)]
+    cmd += ["--no-attention"] if args.no_attention else []
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed tensors go back to the OS
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def area_ratio(grid, context: int) -> float:
+    """Sum of the windows' areas over the image's (the work the tiles do, against an untiled run)."""
+    from tiledsr.diffusion.vae import _windows
+
+    return sum(yh * xw for _, (_, yh, _), (_, xw, _), _ in _windows(grid, context)) / (grid.height * grid.width)
+
+
+def max_levels(what: str, out: torch.Tensor, ref: torch.Tensor) -> str:
+    """Largest difference: 8-bit levels of the decoded image, or latent stds."""
+    if what == "decode":
+        return f"{float(((out.clamp(-1, 1) - ref.clamp(-1, 1)).abs().max()) * 127.5):.1f} levels"
+    return f"{float((out - ref).abs().max() / ref.std()):.3f} stds"
+
+
+def run_contexts(args, grid) -> list[str]:
+    """Untiled, then one-pass shared statistics at every context of ``args.contexts``; one row each."""
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for what in ("encode", "decode"):
+            base = child(args, d, f"{what}:untiled", 0)
+            ref = torch.load(os.path.join(d, f"{what}-untiled.pt"))
+            rows.append(f"| {what} | untiled | 1.00 | {base['seconds']:.1f} | 1.00x | reference | - | - |")
+            for c in [int(v) for v in args.contexts.split(",")]:
+                res = child(args, d, f"{what}:one-pass", c)
+                out = torch.load(os.path.join(d, f"{what}-one-pass.pt"))
+                close, tone = metrics(what, out, ref, grid)
+                rows.append(f"| {what} | {c} ({c * 8} px) | {area_ratio(grid, c):.2f} | {res['seconds']:.1f} | "
+                            f"{res['seconds'] / base['seconds']:.2f}x | {close} | {max_levels(what, out, ref)} | "
+                            f"{tone} |")
+    return rows
+
+
 def run_all(args, grid, norms: dict[str, int]) -> list[str]:
     """Every job in a subprocess of its own; one markdown table row each."""
     rows, seconds = [], {}
     with tempfile.TemporaryDirectory() as d:
         for what, how in [(w, h) for w, h in JOBS if h in args.hows.split(",")]:
-            cmd = [sys.executable, __file__, "--job", f"{what}:{how}", "--dir", d, "--size", str(args.size),
-                   "--tile", str(args.tile), "--overlap", str(args.overlap)]
-            cmd += ["--no-attention"] if args.no_attention else []
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed tensors go back to the OS
-            done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-            res = json.loads(done.stdout.strip().splitlines()[-1])
+            res = child(args, d, f"{what}:{how}", args.context)
             seconds[what, how] = res["seconds"]
             out = torch.load(os.path.join(d, f"{what}-{how}.pt"))
             close, tone = ("reference", "-") if how == "untiled" else metrics(
@@ -130,6 +168,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--context", type=int, default=8, help="latent pixels of context around each tile")
+    p.add_argument("--contexts", help="comma-separated contexts to sweep (one-pass shared statistics only)")
     p.add_argument("--hows", default=",".join(HOWS), help=f"comma-separated subset of {','.join(HOWS)}")
     p.add_argument("--no-attention", action="store_true", help="drop the mid-block attention (shows what is left)")
     p.add_argument("--job", help=argparse.SUPPRESS)
@@ -148,7 +188,7 @@ def main() -> None:
     norms = {"encode": count_group_norms(vae.encoder), "decode": count_group_norms(vae.decoder)}
     del vae
     # 2. The jobs
-    rows = run_all(args, grid, norms)
+    rows = run_contexts(args, grid) if args.contexts else run_all(args, grid, norms)
     # 3. The report
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"# bench_vae: tiled vs untiled SD-size VAE ({params:.1f}M params, random weights, "
@@ -158,8 +198,14 @@ def main() -> None:
           f"Python {platform.python_version()}")
     print(f"- command: `{' '.join([os.path.relpath(sys.executable)] + sys.argv)}`")
     print(f"- image: astronaut {args.size}x{args.size}; tile {args.tile} px, overlap {args.overlap} px, "
-          f"context 8 latent px (64 px): {len(grid)} tiles of {grid.tile_h * 8} px; "
+          f"context {args.contexts or args.context} latent px: {len(grid)} tiles of {grid.tile_h * 8} px; "
           f"GroupNorms: encoder {norms['encode']}, decoder {norms['decode']}\n")
+    if args.contexts:
+        print("| job | context (latent px) | windows / image area | seconds | vs untiled | closeness to untiled | "
+              "largest difference | worst tile tone |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+        return
     print("| job | GroupNorm stats | tile passes | seconds | vs untiled | closeness to untiled | worst tile tone | "
           "peak RSS MB | above loaded MB |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -66,13 +66,21 @@ class LatentCodec:
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.space = f"{vae.config.latent_channels}ch@{vae.config.scaling_factor:g}"
 
+    @property
+    def overlap(self) -> int:
+        """The VAE tiles' overlap in pixels: the stage's, at most :data:`~tiledsr.diffusion.vae.OVERLAP`
+        (their context makes neighbours agree, so a short feather is enough)."""
+        from .vae import vae_overlap
+
+        return vae_overlap(self.tiling.overlap)
+
     def grid(self, height: int, width: int):
         """The pixel tile grid the tiled VAE uses for an image of (height, width)."""
         from ..tiling import make_grid
 
         f, t = self.factor, self.tiling
         h, w = height + _pad(height, f), width + _pad(width, f)
-        return make_grid(h, w, max(f, t.tile - t.tile % f), min(t.overlap - t.overlap % f, t.tile - f), f)
+        return make_grid(h, w, max(f, t.tile - t.tile % f), min(self.overlap - self.overlap % f, t.tile - f), f)
 
     def encode(self, image: np.ndarray, report: Callable[[int, int], None]) -> Latents:
         """(H, W, C) float32 [0, 1] -> Latents (mode of the latent distribution x scaling factor)."""
@@ -87,7 +95,7 @@ class LatentCodec:
         pixels = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None] * 2 - 1
         t = self.tiling
         with self.phase():
-            lat = tiled_encode(self.vae, pixels, tile=t.tile, overlap=t.overlap, blend=t.blend, progress=report)
+            lat = tiled_encode(self.vae, pixels, tile=t.tile, overlap=self.overlap, blend=t.blend, progress=report)
         return Latents(lat, self, (h, w), alpha, grey, image)
 
     def decode(self, latents: Latents, report: Callable[[int, int], None]) -> np.ndarray:
@@ -97,7 +105,7 @@ class LatentCodec:
         t = self.tiling
         sf = self.vae.config.scaling_factor
         with self.phase():
-            pixels = tiled_decode(self.vae, latents.tensor / sf, tile=t.tile, overlap=t.overlap, blend=t.blend,
+            pixels = tiled_decode(self.vae, latents.tensor / sf, tile=t.tile, overlap=self.overlap, blend=t.blend,
                                   progress=report)
         h, w = latents.size
         rgb = ((pixels[0].float().cpu().numpy().transpose(1, 2, 0)[:h, :w] + 1) / 2).clip(0, 1)

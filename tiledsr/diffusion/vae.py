@@ -4,7 +4,7 @@ Tiles are laid out on the latent grid (``f`` = the VAE's scale factor, 8 for
 SD): ``tile`` and ``overlap`` are given in image pixels and rounded down to
 multiples of ``f``. Each tile is computed from a window with ``context``
 latent pixels of extra context on every side where the image has it (cropped
-away afterwards; windows are shifted inwards at the border, never padded), and
+away afterwards; none beyond the image's edge, never padded), and
 the tiles are blended with feathered integer weights into a
 :class:`~tiledsr.tiling.Canvas`, so the result does not depend on tile order.
 
@@ -38,8 +38,8 @@ from ..tiling import BLENDS, Canvas, Tile, TileGrid, make_grid, tile_weights, wi
 from .groupnorm import Region, count_group_norms, frozen_group_norms, sweep_stats
 from .onepass import Unsupported, one_pass as run_one_pass
 
-__all__ = ["DECODE_CONTEXT", "ENCODE_CONTEXT", "one_pass_bytes", "one_pass_fits", "scale_factor", "tiled_decode",
-           "tiled_encode"]
+__all__ = ["DECODE_CONTEXT", "ENCODE_CONTEXT", "OVERLAP", "auto_context", "one_pass_bytes", "one_pass_fits",
+           "scale_factor", "tiled_decode", "tiled_encode", "vae_overlap"]
 
 Progress = Callable[[int, int], None]
 TileFn = Callable[[torch.Tensor], torch.Tensor]
@@ -49,6 +49,22 @@ TileFn = Callable[[torch.Tensor], torch.Tensor]
 # the input: beyond 8 latent pixels lies 0.2% of it for the decoder, 0.2-0.7% for the encoder.
 DECODE_CONTEXT = 8  # = 64 output pixels for f = 8
 ENCODE_CONTEXT = 8  # = 64 input pixels for f = 8
+# With exact GroupNorm statistics and that much context, neighbouring tiles agree (SD-size VAE, attention off:
+# 70 dB decode, 0.001 relative RMSE encode; bench_vae.py --contexts), so the tiles need only a short feather:
+# the pipeline's VAE overlaps by at most OVERLAP image pixels, whatever the diffusion stage's own overlap.
+OVERLAP = 16
+
+
+def vae_overlap(overlap: int) -> int:
+    """The overlap (image pixels) the pipeline's tiled VAE uses for a stage ``overlap``: at most :data:`OVERLAP`."""
+    return min(overlap, OVERLAP)
+
+
+def auto_context(tile: int, most: int = DECODE_CONTEXT) -> int:
+    """Latent pixels of context around tiles of (at most) ``tile`` latent pixels: ``most`` (8 for the SD VAE) for tiles
+    of 128 latent pixels (1024 px) and more, a sixteenth of smaller ones (at least 2), so the windows hold at most
+    about 1.35x the image's area: 4 (47 dB, attention off) at 512 px tiles, 6 at 768 px."""
+    return max(2, min(most, tile // 16))
 
 
 def scale_factor(vae) -> int:
@@ -101,9 +117,9 @@ def _windows(grid: TileGrid, context: int) -> Iterator[tuple[Tile, tuple[int, in
     rows = dict(zip(grid.ys, _owned(grid.ys, grid.tile_h, grid.height)))
     cols = dict(zip(grid.xs, _owned(grid.xs, grid.tile_w, grid.width)))
     for t in grid.tiles:
-        # every window the same size (the tile and twice the context), shifted inwards at the border
-        wy = window(t.y, t.h, 1, context, grid.height, t.h + 2 * context)
-        wx = window(t.x, t.w, 1, context, grid.width, t.w + 2 * context)
+        # the tile and ``context`` on each side where the image has it (none beyond its edge)
+        wy = window(t.y, t.h, 1, context, grid.height)
+        wx = window(t.x, t.w, 1, context, grid.width)
         (a0, a1), (b0, b1) = rows[t.y], cols[t.x]
         yield t, wy, wx, ((wy[1], wx[1]), (a0 - wy[0], a1 - wy[0], b0 - wx[0], b1 - wx[0]))
 
@@ -180,7 +196,7 @@ def _state_bytes(window_pixels: int, channels: int, itemsize: int) -> int:
 
 
 def one_pass_bytes(height: int, width: int, *, tile: int, overlap: int, f: int = 8, channels: int = 128,
-                   context: int = DECODE_CONTEXT, itemsize: int = 4) -> int:
+                   context: int | None = None, itemsize: int = 4) -> int:
     """Host bytes a one-pass tiled decode (or encode) of a ``height`` x ``width`` pixel image holds.
 
     ``channels``: the VAE's first block width (128 for SD's); the other arguments
@@ -189,6 +205,7 @@ def one_pass_bytes(height: int, width: int, *, tile: int, overlap: int, f: int =
     grid = _latent_grid(-(-height // f), -(-width // f), tile, overlap, f)
     if len(grid) == 1:
         return 0
+    context = auto_context(max(1, tile // f)) if context is None else context
     areas = sum(yh * xw for _, (_, yh, _), (_, xw, _), _ in _windows(grid, context))
     return _state_bytes(areas * f * f, channels, itemsize)
 
@@ -276,14 +293,14 @@ def _tiled(job: _Job, blend: str, shared_norm: bool, one_pass_mode: bool | None,
 
 @torch.no_grad()
 def tiled_decode(vae, latents: torch.Tensor, *, tile: int, overlap: int, blend: str = "cosine",
-                 shared_norm: bool = True, one_pass: bool | None = None, context: int = DECODE_CONTEXT,
+                 shared_norm: bool = True, one_pass: bool | None = None, context: int | None = None,
                  progress: Progress | None = None) -> torch.Tensor:
     """Decode latents tile by tile, like ``vae.decode(latents).sample``.
 
     ``latents``: (1, C, h, w), already divided by ``vae.config.scaling_factor``,
     on any device (windows are moved to the VAE's). ``tile``/``overlap``: output
     pixels, rounded down to multiples of f. ``context``: latent pixels around
-    each tile. ``progress(done, total)`` is called after every tile run; with
+    each tile (None: :func:`auto_context` of the tile). ``progress(done, total)`` is called after every tile run; with
     ``shared_norm`` the statistics sweeps count, total = tiles x (GroupNorms + 1).
     ``one_pass``: find the shared statistics in one lockstep pass (True), by
     sweeps (False), or in one pass when its host memory (about four
@@ -302,13 +319,14 @@ def tiled_decode(vae, latents: torch.Tensor, *, tile: int, overlap: int, blend: 
         return z if vae.post_quant_conv is None else vae.post_quant_conv(z)
 
     # 3. Tiles, blended on a CPU canvas
+    context = auto_context(max(1, tile // f), DECODE_CONTEXT) if context is None else context
     job = _Job(vae.decoder, pre, lambda out: out.float().cpu(), latents, grid, 1, f, context)
     return _tiled(job, blend, shared_norm, one_pass, vae.config.block_out_channels[0], progress)
 
 
 @torch.no_grad()
 def tiled_encode(vae, pixels: torch.Tensor, *, tile: int, overlap: int, blend: str = "cosine",
-                 shared_norm: bool = True, one_pass: bool | None = None, context: int = ENCODE_CONTEXT,
+                 shared_norm: bool = True, one_pass: bool | None = None, context: int | None = None,
                  progress: Progress | None = None) -> torch.Tensor:
     """Encode pixels tile by tile, like ``vae.encode(pixels).latent_dist.mode() * scaling_factor``.
 
@@ -316,7 +334,7 @@ def tiled_encode(vae, pixels: torch.Tensor, *, tile: int, overlap: int, blend: s
     VAE's). H and W that are not multiples of f are padded on the bottom/right
     (reflect) to the next multiple: the latents then cover the padded image, so
     crop the decoded image back to H x W. ``tile``/``overlap``: input pixels,
-    rounded down to multiples of f; ``context``: latent pixels (x f input pixels);
+    rounded down to multiples of f; ``context``: latent pixels (x f input pixels; None: :func:`auto_context`);
     ``one_pass`` and ``progress`` as for :func:`tiled_decode`. Deterministic (the mode, not a
     sample); ``vae.config.shift_factor`` is not applied.
     Returns (1, C, ceil(H/f), ceil(W/f)) float32 on the VAE's device.
@@ -335,5 +353,6 @@ def tiled_encode(vae, pixels: torch.Tensor, *, tile: int, overlap: int, blend: s
         return (moments[:, :c].float() * sf).cpu()
 
     # 3. Tiles, blended on a CPU canvas
+    context = auto_context(max(1, tile // f), ENCODE_CONTEXT) if context is None else context
     job = _Job(vae.encoder, lambda x: x.to(vae.device, vae.dtype), post, pixels, grid, f, 1, context)
     return _tiled(job, blend, shared_norm, one_pass, vae.config.block_out_channels[0], progress).to(vae.device)

@@ -17,6 +17,7 @@ network runs, so a signal still takes effect at once (:mod:`tiledsr.signals`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -31,6 +32,8 @@ from tiledsr.faults import maybe_fail_oom
 from tiledsr.models.registry import SRModel
 
 __all__ = ["OpenVinoRunner", "cache_root"]
+
+log = logging.getLogger("tiledsr")
 
 def cache_root() -> Path:
     """tiledsr's user cache folder: ``$TILEDSR_CACHE_DIR``, else ``$XDG_CACHE_HOME/tiledsr``, else
@@ -92,6 +95,9 @@ class OpenVinoRunner:
                 pass
         import warnings
 
+        where = f"cached in {folder}" if _writable(folder) else "not cached: the cache folder cannot be written"
+        log.info("converting %s for openvino; a large network takes about 20 s, once per machine (%s)",
+                 self.model.name, where)
         c = self.model.in_channels
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's deprecation and shape notes are not the user's
