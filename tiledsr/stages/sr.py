@@ -134,7 +134,7 @@ class SRStage(Stage):
         from ..pipeline import resolve_device
 
         device = resolve_device("auto") if self.runtime.device == "auto" else self.runtime.device
-        return choose_backend(self.model, torch.device(device).type, self.runtime.precision)
+        return choose_backend(self.model, torch.device(device).type, self.runtime.precision, self.runtime.threads)
 
     def check_tiling(self) -> str | None:
         least = MIN_TILE_INPUT * self.model.scale
