@@ -113,38 +113,51 @@ def x2(c, **kw):
                            **args)
 
 
-def hard_borders(starts, side):
+def hard_borders(starts, sizes):
     """Positions where one tile ends and the next begins (no overlap, so no feathering across them);
-    where a tile pushed inwards overlaps its neighbour, the blend weights ramp over the overlap."""
-    return {b for a, b in zip(starts, starts[1:]) if a + side == b}
+    where the last tile overlaps its neighbour, the blend weights ramp over the overlap."""
+    return {b for a, n, b in zip(starts, sizes, starts[1:]) if a + n == b}
 
 
 # --- geometry ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("h,w,tile,m", [(24, 40, 16, 2), (23, 37, 16, 2), (40, 56, 16, 8), (97, 131, 40, 8),
-                                         (64, 64, 64, 8), (16, 17, 3, 8), (130, 70, 32, 4)])
-def test_no_tile_wraps_around_and_tiles_keep_their_size(h, w, tile, m):
-    """Every step's tiles lie inside the canvas, cover it, keep the asked size (a multiple), start on
-    multiples but for one pushed to the far edge, and overlap only where a tile was pushed inwards."""
+                                         (64, 64, 64, 8), (16, 17, 3, 8), (130, 70, 32, 4), (125, 96, 48, 8)])
+def test_tiles_partition_the_canvas_and_nothing_wraps_around(h, w, tile, m):
+    """Every step's tiles lie inside the canvas and cover each pixel once (but for less than a multiple
+    at the far edge of an axis whose length is not one); sides and starts are multiples, there are as
+    many tiles as on the unmoved grid (or one more), none is larger than largest_side and none is
+    smaller than half the asked size or two multiples, but for an axis too short for that."""
     base = shifted_grid(h, w, tile, m)
     want = max(2 * m, tile - tile % m)
     for step in range(12):
         g = Shift(seed=3, multiple=m).grid(base, step)
         assert (g.tile_h, g.tile_w) == (base.tile_h, base.tile_w)
-        for side, length in ((g.tile_h, h), (g.tile_w, w)):
-            assert side % m == 0 and side == (want if length > want else side) and side <= length
         cover = torch.zeros(h, w, dtype=torch.int32)
         for t in g.tiles:
             assert 0 <= t.y and t.y + t.h <= h and 0 <= t.x and t.x + t.w <= w  # nothing wraps
             cover[t.slices] += 1
         assert (cover > 0).all()
-        for starts, side, length in ((g.ys, g.tile_h, h), (g.xs, g.tile_w, w)):
-            assert list(starts) == sorted(set(starts)) and starts[0] == 0
-            assert all(s % m == 0 for s in starts[:-1]) and (starts[-1] % m == 0 or starts[-1] == length - side)
-            inner = starts[1:-1]
-            for a, b in zip(inner, inner[1:]):
-                assert b - a == side  # interior tiles abut: no overlap, no gap
+        for starts, sizes, side, length in ((g.ys, g.row_heights, g.tile_h, h), (g.xs, g.col_widths, g.tile_w, w)):
+            assert side == (want if length > want else side) and side <= length
+            assert starts[0] == 0 and starts[-1] + sizes[-1] == length
+            assert all(v % m == 0 for v in sizes) and all(v % m == 0 for v in starts[:-1])
+            assert all(v <= loop.largest_side(side, m) for v in sizes)
+            assert len(starts) <= len(getattr(base, "ys" if side == g.tile_h and length == h else "xs")) + 1
+            assert all(v >= min(side / 2, 2 * m) for v in sizes) or len(sizes) == 1
+            if length - side >= m:  # else no offset moves the axis: one tile, or two overlapping ones
+                for a, b, n in zip(starts, sizes, starts[1:]):
+                    assert 0 <= a + b - n < (m if n == starts[-1] and length % m else 1)  # abut; the last may overlap
+        assert (cover <= 4).all()
+
+
+@pytest.mark.parametrize("h,w,tile,m", [(96, 96, 32, 2), (64, 64, 32, 2), (128, 128, 48, 8), (125, 96, 48, 8)])
+def test_shifted_fusion_computes_each_pixel_about_once(h, w, tile, m):
+    """The cost of shifted fusion: the tiles of every offset add up to the canvas (a multiple of the
+    UNet's size), or to less than a multiple more per axis."""
+    r = shifted_redundancy(h, w, tile, m)
+    assert r == 1.0 if h % m == 0 and w % m == 0 else 1.0 < r < (1 + m / h) * (1 + m / w)
 
 
 def test_one_tile_canvas_is_one_tile_every_step():
@@ -165,7 +178,7 @@ def test_offsets_depend_only_on_seed_and_step_and_move_the_borders():
     assert all(0 <= dy < 16 and 0 <= dx < 16 and dy % 2 == dx % 2 == 0 for dy, dx in offs)
     assert len({dy for dy, _ in offs}) >= 4 and len({dx for _, dx in offs}) >= 4
     # Hard tile borders (where tiles abut, unblended) move: none of them is there at every step.
-    borders = [hard_borders(Shift(7, 2).grid(base, i).xs, 16) for i in range(30)]
+    borders = [hard_borders(g.xs, g.col_widths) for g in (Shift(7, 2).grid(base, i) for i in range(30))]
     assert len({frozenset(s) for s in borders}) > 1 and not set.intersection(*borders)
 
 
@@ -219,8 +232,8 @@ def test_steps_run_on_moving_grids(sd, grids):
     assert [s for s, _ in grids] == list(range(10))
     assert [g for _, g in grids] == [Shift(5, 2).grid(base, i) for i in range(10)]  # the seed's offsets, step by step
     assert len({(g.ys, g.xs) for _, g in grids}) > 3
-    for starts in ("ys", "xs"):  # no hard border is there at every step
-        assert not set.intersection(*[hard_borders(getattr(g, starts), 16) for _, g in grids])
+    for starts, sizes in (("ys", "row_heights"), ("xs", "col_widths")):  # no hard border is there at every step
+        assert not set.intersection(*[hard_borders(getattr(g, starts), getattr(g, sizes)) for _, g in grids])
     assert not torch.equal(out, i2i(sd, steps=10, strength=1.0, fusion="overlap"))
 
 

@@ -76,14 +76,14 @@ class SeamScore:
     score: Optional[float]
 
 
-def _edges(starts: Sequence[int], size: int, length: int) -> list[int]:
+def _edges(starts: Sequence[int], sizes: Sequence[int], length: int) -> list[int]:
     """Interior tile edges along one axis: every tile start and end that is not the canvas border."""
-    return sorted({e for s in starts for e in (s, s + size) if 0 < e < length})
+    return sorted({e for s, n in zip(starts, sizes) for e in (s, s + n) if 0 < e < length})
 
 
-def _spans(starts: Sequence[int], size: int, length: int) -> list[tuple[int, int]]:
+def _spans(starts: Sequence[int], sizes: Sequence[int], length: int) -> list[tuple[int, int]]:
     """Each tile's share of the axis: cut at the middle of every overlap."""
-    cuts = [0] + [(starts[j - 1] + size + starts[j]) // 2 for j in range(1, len(starts))] + [length]
+    cuts = [0] + [(starts[j - 1] + sizes[j - 1] + starts[j]) // 2 for j in range(1, len(starts))] + [length]
     return [(cuts[j], cuts[j + 1]) for j in range(len(starts)) if cuts[j] < cuts[j + 1]]
 
 
@@ -98,10 +98,11 @@ def seam_lines(grid: Any, height: int, width: int) -> tuple[Seam, ...]:
     def scaled(values, f, limit):
         return [min(limit, round(v * f)) for v in values]
 
-    rows = [p for p in scaled(_edges(grid.ys, grid.tile_h, grid.height), fy, height) if 0 < p < height]
-    cols = [p for p in scaled(_edges(grid.xs, grid.tile_w, grid.width), fx, width) if 0 < p < width]
-    xspans = [tuple(scaled(s, fx, width)) for s in _spans(grid.xs, grid.tile_w, grid.width)]
-    yspans = [tuple(scaled(s, fy, height)) for s in _spans(grid.ys, grid.tile_h, grid.height)]
+    hs, ws = grid.row_heights, grid.col_widths
+    rows = [p for p in scaled(_edges(grid.ys, hs, grid.height), fy, height) if 0 < p < height]
+    cols = [p for p in scaled(_edges(grid.xs, ws, grid.width), fx, width) if 0 < p < width]
+    xspans = [tuple(scaled(s, fx, width)) for s in _spans(grid.xs, ws, grid.width)]
+    yspans = [tuple(scaled(s, fy, height)) for s in _spans(grid.ys, hs, grid.height)]
     out = [Seam("h", y, a, b) for y in dict.fromkeys(rows) for a, b in xspans if a < b]
     out += [Seam("v", x, a, b) for x in dict.fromkeys(cols) for a, b in yspans if a < b]
     return tuple(out)

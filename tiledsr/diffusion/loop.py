@@ -91,11 +91,8 @@ def _shifted_side(length: int, tile: int, m: int) -> int:
 
 
 def _shifted_starts(length: int, side: int, offset: int) -> tuple[int, ...]:
-    """Starts of ``side``-long tiles that abut, their lines at ``offset + k * side``, clipped to [0, length).
-
-    The tile cut by the start of the axis starts at 0 and the one cut by its end at
-    ``length - side``: both keep their side and overlap their neighbour instead of wrapping around.
-    """
+    """Starts of ``side``-long tiles that abut, their lines at ``offset + k * side``, clipped to [0, length)
+    (the tile cut by either end of the axis is pushed inside it; used where no offset can move the grid)."""
     if side >= length:
         return (0,)
     d = offset % side
@@ -103,18 +100,56 @@ def _shifted_starts(length: int, side: int, offset: int) -> tuple[int, ...]:
     return tuple(sorted({min(max(0, s), length - side) for s in raw}))
 
 
-def shifted_grid(height: int, width: int, tile: int, multiple: int, offset: tuple[int, int] = (0, 0)) -> TileGrid:
-    """Grid of ``tile``-sided, non-overlapping tiles over a ``height`` x ``width`` canvas, its lines moved by
-    ``offset`` (dy, dx) (multiples of ``multiple`` for the starts to stay multiples).
+def _cuts(length: int, side: int, offset: int, m: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(starts, sizes) of the tiles along one axis of shifted fusion: the axis cut at ``offset + k * side``.
 
-    ``tile`` is rounded down to a multiple, at least ``2 * multiple``, as in :func:`latent_grid`, and
-    then kept (never shrunk to fit the canvas better): an axis no longer than it is one tile if its
-    length is a multiple, else tiles of the largest multiple that fits. Tile lines sit at
-    ``offset + k * tile``; the tiles that would cross the canvas's border are pushed inside it (the
-    first starts at 0, the last at ``length - tile``) and overlap their neighbour there, so nothing
-    wraps around. Every start is a multiple of ``multiple`` but a last one pushed to
-    ``length - tile`` on an axis whose length is not a multiple. ``grid.overlap`` is 0; the actual
-    overlaps are read from the starts by :func:`~tiledsr.tiling.tile_weights`.
+    The pieces at either end shorter than half a tile (or than ``2 * m``) join their neighbour, so
+    every tile is at least that and less than :func:`largest_side` (1.5 ``side``), there are as many
+    tiles as on the grid that does not move, and the pieces partition the axis: the tiles compute
+    each pixel once. Sizes are multiples of ``m``; on an axis whose length is not, the
+    last tile is rounded up to one and starts a little earlier, overlapping its neighbour by less than
+    ``m``. An axis no longer than ``side`` plus ``m`` (no room to move) keeps :func:`_shifted_starts`.
+    """
+    if length - side < m:
+        starts = _shifted_starts(length, side, 0)
+        return starts, (min(side, length),) * len(starts)
+    d = offset % side
+    cuts = sorted({0, length, *(c for c in range(d, length, side) if c > 0)})
+    pieces = [list(p) for p in zip(cuts, cuts[1:])]
+    least = max(side / 2, 2 * m)
+    if len(pieces) > 1 and pieces[0][1] - pieces[0][0] < least:
+        first = pieces.pop(0)
+        pieces[0][0] = first[0]
+    if len(pieces) > 1 and pieces[-1][1] - pieces[-1][0] < least:
+        last = pieces.pop()
+        pieces[-1][1] = last[1]
+    out = [(a, b) for a, b in pieces]
+    a, b = out[-1]
+    up = -(-(b - a) // m) * m
+    if up > b:  # one piece, the whole axis, not a multiple: tiles of the largest multiple, overlapping
+        side, starts = axis_starts(length, side, 0, m)
+        return starts, (side,) * len(starts)
+    out[-1] = (b - up, b)
+    return tuple(a for a, _ in out), tuple(b - a for a, b in out)
+
+
+def largest_side(side: int, m: int) -> int:
+    """A bound on the tile sides shifted fusion runs for a nominal ``side`` (multiples of ``m``): an end
+    piece shorter than half a tile joins a whole one, and a last piece is rounded up to a multiple."""
+    return side + int(-(-max(side / 2, 2 * m) // m)) * m
+
+
+def shifted_grid(height: int, width: int, tile: int, multiple: int, offset: tuple[int, int] = (0, 0)) -> TileGrid:
+    """Grid of shifted fusion over a ``height`` x ``width`` canvas: non-overlapping tiles of (at most)
+    ``tile``, the canvas cut at ``offset + k * tile`` (dy, dx) (multiples of ``multiple``).
+
+    ``tile`` is rounded down to a multiple, at least ``2 * multiple``, as in :func:`latent_grid`. The
+    tiles partition the canvas (see :func:`_cuts`: short end pieces join their neighbour, nothing
+    wraps around), so a step computes each pixel once whatever the offset; their sizes vary (up to
+    :func:`largest_side`), in
+    ``grid.hs``/``grid.ws``, and ``grid.tile_h``/``tile_w`` are the nominal sides. An axis no longer
+    than the tile is one tile if its length is a multiple, else tiles of the largest multiple that
+    fits, overlapping. ``grid.overlap`` is 0.
     """
     m = max(1, multiple)
     if height < 2 * m or width < 2 * m:
@@ -123,8 +158,8 @@ def shifted_grid(height: int, width: int, tile: int, multiple: int, offset: tupl
         raise InputError(f"tile must be positive, got {tile}")
     tile = max(2 * m, tile - tile % m)
     th, tw = _shifted_side(height, tile, m), _shifted_side(width, tile, m)
-    return TileGrid(height, width, th, tw, 0, _shifted_starts(height, th, offset[0]),
-                    _shifted_starts(width, tw, offset[1]))
+    (ys, hs), (xs, ws) = _cuts(height, th, offset[0], m), _cuts(width, tw, offset[1], m)
+    return TileGrid(height, width, th, tw, 0, ys, xs, hs, ws)
 
 
 def shifted_redundancy(height: int, width: int, tile: int, multiple: int) -> float:
@@ -132,12 +167,11 @@ def shifted_redundancy(height: int, width: int, tile: int, multiple: int) -> flo
     base = shifted_grid(height, width, tile, multiple)
     m = max(1, multiple)
 
-    def mean_count(length: int, side: int) -> float:
-        counts = [len(_shifted_starts(length, side, d)) for d in range(0, side, m)] if side < length else [1]
-        return sum(counts) / len(counts)
+    def mean_cover(length: int, side: int) -> float:
+        offsets = range(0, side, m) if length - side >= m else [0]
+        return sum(sum(_cuts(length, side, d, m)[1]) for d in offsets) / (len(offsets) * length)
 
-    n = mean_count(height, base.tile_h) * mean_count(width, base.tile_w)
-    return n * base.tile_h * base.tile_w / (height * width)
+    return mean_cover(height, base.tile_h) * mean_cover(width, base.tile_w)
 
 
 _MASK = (1 << 64) - 1
@@ -180,9 +214,10 @@ class Shift:
 
     def grid(self, grid: TileGrid, step: int) -> TileGrid:
         """The tiles step ``step`` runs on: ``grid``'s tile sides with the lines moved by :meth:`offset`."""
+        m = max(1, self.multiple)
         dy, dx = self.offset(grid, step)
-        return TileGrid(grid.height, grid.width, grid.tile_h, grid.tile_w, 0,
-                        _shifted_starts(grid.height, grid.tile_h, dy), _shifted_starts(grid.width, grid.tile_w, dx))
+        (ys, hs), (xs, ws) = _cuts(grid.height, grid.tile_h, dy, m), _cuts(grid.width, grid.tile_w, dx, m)
+        return TileGrid(grid.height, grid.width, grid.tile_h, grid.tile_w, 0, ys, xs, hs, ws)
 
 
 def fused_grid(height: int, width: int, *, tile: int, overlap: int, multiple: int, fusion: str = "overlap",
@@ -243,8 +278,15 @@ class Blender:
 
 
 def _batches(items: Sequence[Tile], size: int) -> Iterable[Sequence[Tile]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+    """Consecutive runs of ``items`` of at most ``size`` tiles, each of one tile shape (they are stacked)."""
+    run: list[Tile] = []
+    for t in items:
+        if run and (len(run) == size or (run[0].h, run[0].w) != (t.h, t.w)):
+            yield run
+            run = []
+        run.append(t)
+    if run:
+        yield run
 
 
 def _processing_order(tiles: Sequence[Tile], order: Order | None) -> list[Tile]:
@@ -365,7 +407,8 @@ class _Fusion:
 def _multiple_of(grid: TileGrid) -> int:
     """The largest power of two (up to 64) dividing every tile side and start of ``grid``."""
     m = 64
-    while m > 1 and any(v % m for v in (grid.tile_h, grid.tile_w, *grid.ys, *grid.xs)):
+    while m > 1 and any(v % m for v in (grid.tile_h, grid.tile_w, *grid.ys, *grid.xs, *grid.row_heights,
+                                        *grid.col_widths)):
         m //= 2
     return m
 

@@ -206,7 +206,13 @@ class DiffusionStage(Stage):
         g = self.grid(height, width)
         weights, per_pixel = self.weight_bytes()
         samples = self.tiling.batch * (2 if self.config.guidance > 1 else 1)  # classifier-free guidance doubles
-        unet = per_pixel * (g.tile_h // self.factor) * (g.tile_w // self.factor) * samples
+        th, tw = g.tile_h, g.tile_w
+        if self.fusion == "shifted":  # its tiles vary in size, up to about 1.5x the nominal side
+            from ..diffusion.loop import largest_side
+
+            m = self.factor * self.unet_multiple
+            th, tw = min(oh, largest_side(th, m)), min(ow, largest_side(tw, m))
+        unet = per_pixel * (th // self.factor) * (tw // self.factor) * samples
         return {"tile": self.resident_weights() + max(unet, self.vae_memory(oh, ow)),
                 "canvas": 3 * oh * ow * channels * 4}
 

@@ -24,8 +24,9 @@ def ramp(length: int, kind: str) -> np.ndarray:
     return t
 
 
-def _profile(starts: tuple[int, ...], i: int, size: int, kind: str) -> np.ndarray:
-    """1-D weight of tile ``i`` along an axis with tile starts ``starts``."""
+def _profile(starts: tuple[int, ...], sizes: tuple[int, ...], i: int, kind: str) -> np.ndarray:
+    """1-D weight of tile ``i`` along an axis with tile starts ``starts`` and sizes ``sizes``."""
+    size = sizes[i]
     w = np.ones(size, dtype=np.float64)
     if kind == "gaussian":
         if len(starts) > 1:
@@ -33,7 +34,7 @@ def _profile(starts: tuple[int, ...], i: int, size: int, kind: str) -> np.ndarra
             w = np.exp(-0.5 * c * c)
         return w
     if i > 0:
-        before = starts[i - 1] + size - starts[i]
+        before = starts[i - 1] + sizes[i - 1] - starts[i]
         if before > 0:
             w[:before] = np.minimum(w[:before], ramp(before, kind))
     if i < len(starts) - 1:
@@ -54,7 +55,7 @@ def tile_weights(grid: TileGrid, tile: Tile, kind: str = "cosine") -> np.ndarray
         raise ValueError(f"blend must be one of {BLENDS}, got {kind!r}")
     row = grid.ys.index(tile.y)
     col = grid.xs.index(tile.x)
-    wy = _profile(grid.ys, row, tile.h, kind)
-    wx = _profile(grid.xs, col, tile.w, kind)
+    wy = _profile(grid.ys, grid.row_heights, row, kind)
+    wx = _profile(grid.xs, grid.col_widths, col, kind)
     w = np.outer(wy, wx) * WEIGHT_SCALE
     return np.maximum(1, np.rint(w)).astype(np.int64)

@@ -32,7 +32,11 @@ class Tile:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Tiles covering a ``height`` x ``width`` canvas; ``ys``/``xs`` are the start rows/columns."""
+    """Tiles covering a ``height`` x ``width`` canvas; ``ys``/``xs`` are the start rows/columns.
+
+    Every tile is ``tile_h`` x ``tile_w``, unless ``hs``/``ws`` give each row's height and each
+    column's width (shifted fusion's cut grids); ``tile_h``/``tile_w`` are then the nominal side.
+    """
 
     height: int
     width: int
@@ -41,14 +45,24 @@ class TileGrid:
     overlap: int
     ys: tuple[int, ...]
     xs: tuple[int, ...]
+    hs: tuple[int, ...] | None = None
+    ws: tuple[int, ...] | None = None
+
+    @property
+    def row_heights(self) -> tuple[int, ...]:
+        return self.hs if self.hs is not None else (self.tile_h,) * len(self.ys)
+
+    @property
+    def col_widths(self) -> tuple[int, ...]:
+        return self.ws if self.ws is not None else (self.tile_w,) * len(self.xs)
 
     @property
     def tiles(self) -> tuple[Tile, ...]:
         n = len(self.xs)
         return tuple(
-            Tile(i * n + j, y, x, self.tile_h, self.tile_w)
-            for i, y in enumerate(self.ys)
-            for j, x in enumerate(self.xs)
+            Tile(i * n + j, y, x, h, w)
+            for i, (y, h) in enumerate(zip(self.ys, self.row_heights))
+            for j, (x, w) in enumerate(zip(self.xs, self.col_widths))
         )
 
     def __len__(self) -> int:
@@ -57,7 +71,7 @@ class TileGrid:
     @property
     def redundancy(self) -> float:
         """Pixels computed over pixels in the canvas (1.0 = no overlap)."""
-        return len(self) * self.tile_h * self.tile_w / (self.height * self.width)
+        return sum(self.row_heights) * sum(self.col_widths) / (self.height * self.width)
 
 
 def _spread(length: int, tile: int, overlap: int, m: int) -> tuple[int, ...]:
