@@ -116,3 +116,34 @@ def test_the_first_conversion_says_so_once(tmp_path, monkeypatch, capsys):
     assert main(argv + [str(tmp_path / "c.png")]) == 0
     err = capsys.readouterr().err
     assert err.count("tiledsr: note: converting animevideov3 for openvino") == 1
+
+
+def test_a_full_disk_while_saving_leaves_no_temporary_and_the_run_goes_on(tmp_path, monkeypatch):
+    """ENOSPC while the converted model is written: the runner still works from memory, nothing half-written
+    stays in the cache, and the next run converts again; a temporary folder left by a killed run is removed."""
+    import errno
+    import time
+
+    monkeypatch.setenv("TILEDSR_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "openvino"
+    stale = folder / ".srvgg-0123-killed"
+    stale.mkdir(parents=True)
+    (stale / "model.xml").write_text("<half")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    fresh = folder / ".srvgg-4567-running"  # another run saving right now: kept
+    fresh.mkdir()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ov, "save_model", full)
+    model = load_sr_model("animevideov3")
+    runner = make_runner(model, backend="openvino")
+    assert not runner.cached and runner(nchw(photo(box=(0, 0, 8, 8)))).shape == (1, 3, 32, 32)
+    left = sorted(p.name for p in folder.iterdir() if p.name != "compiled")
+    assert left == [fresh.name]  # no half-written model, the stale temporary gone, the live one kept
+    monkeypatch.undo()
+    monkeypatch.setenv("TILEDSR_CACHE_DIR", str(tmp_path))
+    assert not make_runner(model, backend="openvino").cached  # converted again, and stored this time
+    assert make_runner(model, backend="openvino").cached

@@ -150,6 +150,7 @@ def _store(ov: Any, model: Any, folder: Path, key: str) -> None:
     """Save ``model`` as ``folder/key/model.xml`` (+ .bin) atomically; skipped when it cannot be written."""
     if not _writable(folder):
         return
+    _drop_stale(folder)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder))
     except OSError:
@@ -164,3 +165,20 @@ def _store(ov: Any, model: Any, folder: Path, key: str) -> None:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+STALE_SECONDS = 3600  # a temporary folder this old belongs to a run that was killed while saving
+
+
+def _drop_stale(folder: Path) -> None:
+    """Remove the temporary folders (``.<key>-*``) that runs killed while saving left in ``folder``."""
+    import shutil
+    import time
+
+    now = time.time()
+    for entry in folder.glob(".*-*"):
+        try:
+            if entry.is_dir() and now - entry.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue

@@ -83,9 +83,12 @@ class SRStage(Stage):
         return output_grid(height, width, self.model.scale, self.tiling.tile, self.tiling.overlap)
 
     def _window(self, height: int, width: int) -> tuple[int, int]:
-        """The largest input window (h, w) a tile is computed from (interior tiles; edge tiles' are smaller)."""
-        g, s = self.grid(height, width), self.model.scale
-        return min(height, g.tile_h // s + 2 * self.context), min(width, g.tile_w // s + 2 * self.context)
+        """The largest input window (h, w) a tile is computed from: the tile and the context on each side
+        where the image has it (an edge tile's is smaller)."""
+        from ..tiling.run import windows
+
+        wins = windows(self.grid(height, width).tiles, self.model.scale, self.context, height, width)
+        return max(wy[1] for wy, _ in wins), max(wx[1] for _, wx in wins)
 
     def redundancy(self, height: int, width: int) -> float:
         """Input pixels the network computes (the tiles' windows) over the image's."""
