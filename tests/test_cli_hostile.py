@@ -449,3 +449,26 @@ def test_models_fetch_knows_every_alias_of_the_bundled_models(capsys):
     for alias in ("RealESRGAN_x4plus", "realesr-animevideov3", "X4PLUS-ANIME"):
         code, out, err = run(capsys, "models", "fetch", alias)
         assert code == 0 and "bundled" in out, (alias, err)
+
+
+def test_an_interrupt_python_can_only_ignore_is_sent_again_not_printed():
+    """SIGINT landing in a callback whose exceptions Python ignores (the import machinery's weakref
+    callbacks, a __del__) is re-delivered: no 'Exception ignored' traceback, and the run still stops."""
+    code = ("import gc, signal, sys\n"
+            "from tiledsr import signals\n"
+            "signals.install()\n"
+            "class Boom:\n"
+            "    def __del__(self):\n"
+            "        raise signals.Interrupted(signal.SIGINT)\n"
+            "try:\n"
+            "    Boom(); gc.collect()\n"
+            "    for _ in range(10 ** 7):\n"
+            "        pass\n"
+            "    sys.exit(0)\n"
+            "except KeyboardInterrupt:\n"
+            "    sys.exit(130)\n")
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert p.returncode == 130 and b"Traceback" not in p.stderr and b"Exception ignored" not in p.stderr, p.stderr

@@ -12,9 +12,11 @@ dropped, so nothing is printed after the error line.
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 __all__ = ["Interrupted", "exit_code", "install", "name", "run_interruptibly", "worker_alive"]
 
@@ -66,11 +68,27 @@ def install() -> Callable[[], None]:
         return lambda: None
     # A signal the parent asked us to ignore (nohup, background jobs) stays ignored.
     previous = {s: signal.signal(s, _raise) for s in _HANDLED if signal.getsignal(s) is not signal.SIG_IGN}
+    hook = sys.unraisablehook
+    sys.unraisablehook = _redeliver(hook)
 
     def restore() -> None:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = hook
     return restore
+
+
+def _redeliver(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook: an :class:`Interrupted` raised where Python can only ignore it (a
+    weakref or ``__del__`` callback, e.g. in the import machinery) is not printed as a traceback but
+    sent again, so it takes effect at the next point the main thread can raise it; others go to ``hook``."""
+    def unraisable(info: Any) -> None:
+        exc = getattr(info, "exc_value", None)
+        if isinstance(exc, Interrupted):  # from another thread, once the ignoring callback has returned
+            threading.Timer(0.01, os.kill, (os.getpid(), exc.signum)).start()
+            return
+        hook(info)
+    return unraisable
 
 
 def run_interruptibly(fn: Callable[[], T], abandoned: threading.Event | None = None) -> T:
