@@ -38,8 +38,8 @@ from ..tiling import BLENDS, Canvas, Tile, TileGrid, make_grid, tile_weights, wi
 from .groupnorm import Region, count_group_norms, frozen_group_norms, sweep_stats
 from .onepass import Unsupported, one_pass as run_one_pass
 
-__all__ = ["DECODE_CONTEXT", "ENCODE_CONTEXT", "OVERLAP", "auto_context", "one_pass_bytes", "one_pass_fits",
-           "scale_factor", "tiled_decode", "tiled_encode", "vae_overlap"]
+__all__ = ["DECODE_CONTEXT", "ENCODE_CONTEXT", "OVERLAP", "auto_context", "context_for", "one_pass_bytes",
+           "one_pass_fits", "scale_factor", "tiled_decode", "tiled_encode", "vae_overlap"]
 
 Progress = Callable[[int, int], None]
 TileFn = Callable[[torch.Tensor], torch.Tensor]
@@ -65,6 +65,11 @@ def auto_context(tile: int, most: int = DECODE_CONTEXT) -> int:
     of 128 latent pixels (1024 px) and more, a sixteenth of smaller ones (at least 2), so the windows hold at most
     about 1.35x the image's area: 4 (47 dB, attention off) at 512 px tiles, 6 at 768 px."""
     return max(2, min(most, tile // 16))
+
+
+def context_for(context: int | None, tile: int, f: int, most: int = DECODE_CONTEXT) -> int:
+    """``context``, or when None the :func:`auto_context` of ``tile`` image pixels (f per latent pixel)."""
+    return auto_context(max(1, tile // f), most) if context is None else context
 
 
 def scale_factor(vae) -> int:
@@ -205,7 +210,7 @@ def one_pass_bytes(height: int, width: int, *, tile: int, overlap: int, f: int =
     grid = _latent_grid(-(-height // f), -(-width // f), tile, overlap, f)
     if len(grid) == 1:
         return 0
-    context = auto_context(max(1, tile // f)) if context is None else context
+    context = context_for(context, tile, f)
     areas = sum(yh * xw for _, (_, yh, _), (_, xw, _), _ in _windows(grid, context))
     return _state_bytes(areas * f * f, channels, itemsize)
 
@@ -319,7 +324,7 @@ def tiled_decode(vae, latents: torch.Tensor, *, tile: int, overlap: int, blend: 
         return z if vae.post_quant_conv is None else vae.post_quant_conv(z)
 
     # 3. Tiles, blended on a CPU canvas
-    context = auto_context(max(1, tile // f), DECODE_CONTEXT) if context is None else context
+    context = context_for(context, tile, f, DECODE_CONTEXT)
     job = _Job(vae.decoder, pre, lambda out: out.float().cpu(), latents, grid, 1, f, context)
     return _tiled(job, blend, shared_norm, one_pass, vae.config.block_out_channels[0], progress)
 
@@ -353,6 +358,6 @@ def tiled_encode(vae, pixels: torch.Tensor, *, tile: int, overlap: int, blend: s
         return (moments[:, :c].float() * sf).cpu()
 
     # 3. Tiles, blended on a CPU canvas
-    context = auto_context(max(1, tile // f), ENCODE_CONTEXT) if context is None else context
+    context = context_for(context, tile, f, ENCODE_CONTEXT)
     job = _Job(vae.encoder, lambda x: x.to(vae.device, vae.dtype), post, pixels, grid, f, 1, context)
     return _tiled(job, blend, shared_norm, one_pass, vae.config.block_out_channels[0], progress).to(vae.device)

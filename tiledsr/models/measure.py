@@ -15,6 +15,7 @@ that cannot be written is skipped, and a damaged file reads as empty.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -117,6 +118,7 @@ def _key(model: SRModel, threads: int | None) -> str:
     return " | ".join(parts)
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo, else platform.processor() (or the machine type)."""
     try:
@@ -129,6 +131,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "-"
 
 
+@functools.lru_cache(maxsize=None)
 def _version(package: str) -> str:
     """The installed version of ``package`` from its metadata (nothing imported), else "-"."""
     if package == "torch":

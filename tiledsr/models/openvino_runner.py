@@ -35,6 +35,7 @@ __all__ = ["OpenVinoRunner", "cache_root"]
 
 log = logging.getLogger("tiledsr")
 
+
 def cache_root() -> Path:
     """tiledsr's user cache folder: ``$TILEDSR_CACHE_DIR``, else ``$XDG_CACHE_HOME/tiledsr``, else
     ``~/.cache/tiledsr`` (not created here)."""

@@ -244,11 +244,11 @@ class DiffusionStage(Stage):
     def vae_memory(self, height: int, width: int) -> int:
         """Bytes the tiled VAE holds to decode (or encode) a ``height`` x ``width`` image at this stage's
         tiling: the one-pass mode's paused tensors when they fit in memory, else one window's activations."""
-        from ..diffusion.vae import auto_context, one_pass_bytes, one_pass_fits, vae_overlap
+        from ..diffusion.vae import context_for, one_pass_bytes, one_pass_fits, vae_overlap
 
         t, f = self.tiling, self.factor
         state = one_pass_bytes(height, width, tile=t.tile, overlap=vae_overlap(t.overlap), f=f)
-        window = (min(t.tile, max(height, width)) + 2 * auto_context(max(1, t.tile // f)) * f) ** 2
+        window = (min(t.tile, max(height, width)) + 2 * context_for(None, t.tile, f) * f) ** 2
         return state if state and one_pass_fits(state) else 8 * window * 128 * 4
 
     def scheduler(self):
